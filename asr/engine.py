@@ -1,0 +1,42 @@
+"""The one interface every speech engine implements.
+
+An engine holds the (large, shared) model; `open_stream` makes a cheap per-stream
+recogniser. Streams take 16-bit signed little-endian mono PCM at the rate they were
+opened with and return the events that audio produced. Blocking decode runs in the
+engine's bounded thread pool, never on the event loop.
+"""
+from __future__ import annotations
+
+import abc
+
+from asr.events import SpeechEvent
+
+
+class RecognizerStream(abc.ABC):
+    sample_rate: int
+
+    @abc.abstractmethod
+    async def feed(self, pcm: bytes) -> list[SpeechEvent]:
+        """Decode more audio; return the events it produced (possibly none)."""
+
+    @abc.abstractmethod
+    async def finish(self) -> list[SpeechEvent]:
+        """Flush: the final transcript of any utterance in progress, then EndOfSpeech."""
+
+    def close(self) -> None:
+        """Release the recogniser. Idempotent."""
+
+
+class SpeechEngine(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def open_stream(self, sample_rate: int) -> RecognizerStream:
+        """A new recogniser for one audio stream (one call leg)."""
+
+    def close(self) -> None:
+        """Release the model and the thread pool. Idempotent."""
+
+
+class ModelNotFoundError(RuntimeError):
+    """No usable model; the message says where we looked and how to install one."""

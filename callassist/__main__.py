@@ -1,0 +1,5 @@
+import sys
+
+from callassist.cli import main
+
+sys.exit(main())

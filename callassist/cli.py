@@ -1,0 +1,89 @@
+"""The `callassist` command. Each subcommand lives in the module that owns its job;
+this file only parses arguments and imports that module when the command runs
+(so `callassist config check` does not load speech models)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command path -> (module, function); each function takes the parsed args and returns an exit code
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("config", "check"): ("callassist.config_check", "run"),
+    ("playbook", "check"): ("prompts.check", "run"),
+    ("models", "install"): ("asr.install", "run"),
+    ("analyze",): ("callassist.analyze", "run"),
+    ("serve",): ("callassist.serve", "run"),
+    ("demo",): ("callassist.serve", "run_demo"),
+    ("user", "add"): ("agent_ui.users_cli", "add"),
+    ("user", "list"): ("agent_ui.users_cli", "list_users"),
+    ("user", "remove"): ("agent_ui.users_cli", "remove"),
+    ("archive", "import"): ("agent_ui.archive_cli", "import_files"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callassist", description="Real-time agent assist for Asterisk call centres")
+    parser.add_argument("--config", help="configuration file (default: $CALLASSIST_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    check = config.add_parser("check", help="validate a configuration file")
+    check.add_argument("file", nargs="?", help="file to check (default: the one in use)")
+
+    playbook = sub.add_parser("playbook", help="the complaint playbook").add_subparsers(dest="action", required=True)
+    playbook.add_parser("check", help="validate prompts/playbook.toml and its citations")
+
+    models = sub.add_parser("models", help="speech models").add_subparsers(dest="action", required=True)
+    install = models.add_parser("install", help="install a Vosk Chinese model")
+    install.add_argument("name", nargs="?", default="vosk-model-small-cn-0.22",
+                         choices=["vosk-model-small-cn-0.22", "vosk-model-cn-0.22"])
+    install.add_argument("--archive", help="install from a local .zip instead of downloading")
+    install.add_argument("--dest", default="models", help="directory to install into (default: ./models)")
+
+    analyze = sub.add_parser("analyze", help="transcribe a recording and mark complaint triggers")
+    analyze.add_argument("file")
+    analyze.add_argument("--engine", choices=["vosk", "whisper"], help="default: [asr] engine")
+    analyze.add_argument("--model", help="model directory")
+    analyze.add_argument("--format", choices=["json", "vtt", "text"], default="json")
+    analyze.add_argument("--channels", choices=["customer-agent", "agent-customer"], default="customer-agent",
+                         help="which speaker is on the left/right channel of a stereo file")
+    analyze.add_argument("--no-pinyin", action="store_true", help="match characters only (for comparison)")
+    analyze.add_argument("--output", "-o", help="write here instead of standard output")
+    analyze.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    sub.add_parser("serve", help="run the ARI application and the web app")
+    demo = sub.add_parser("demo", help="run the web app and play a sample complaint call through it")
+    demo.add_argument("--loop", action="store_true", help="replay the demo call every time it ends")
+
+    user = sub.add_parser("user", help="web users").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="add a user (asks for the password, or reads $CALLASSIST_PASSWORD)")
+    add.add_argument("username")
+    add.add_argument("--role", choices=["agent", "supervisor", "qa", "admin"], required=True)
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--endpoint", action="append", default=[], help="phone endpoint, e.g. PJSIP/1001 (repeatable)")
+    user.add_parser("list", help="list users")
+    remove = user.add_parser("remove", help="remove a user")
+    remove.add_argument("username")
+
+    archive = sub.add_parser("archive", help="the recording archive").add_subparsers(dest="action", required=True)
+    imp = archive.add_parser("import", help="analyse recordings and add them to the archive")
+    imp.add_argument("files", nargs="+")
+    imp.add_argument("--agent", default="", help="agent endpoint to file the calls under, e.g. PJSIP/1001")
+    imp.add_argument("--engine", choices=["vosk", "whisper"], help="default: [asr] post_call_engine")
+    imp.add_argument("--channels", choices=["customer-agent", "agent-customer"], default="customer-agent")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = (args.command,) + ((args.action,) if getattr(args, "action", None) else ())
+    module_name, function = COMMANDS[path]
+    try:
+        return int(getattr(importlib.import_module(module_name), function)(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

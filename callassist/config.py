@@ -1,0 +1,234 @@
+"""Configuration: defaults from config/callassist.toml, a user file, then the environment.
+
+The default file is the one place each default lives; the dataclasses below only
+say what type and range each key has. Every problem is reported as
+`FILE: [section] key: problem`, and all problems are reported at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FILE = PROJECT_ROOT / "config" / "callassist.toml"
+ENV_PREFIX = "CALLASSIST_"
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _one_of(*choices: str):
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+    return check
+
+
+def _between(low: float, high: float):
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+    return check
+
+
+def _checked(check=None):
+    return dataclasses.field(metadata={"check": check} if check else {})
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str
+    retention_days: int = _checked(_between(0, 36500))
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    engine: str = _checked(_one_of("vosk", "whisper"))
+    vosk_model: str
+    whisper_model: str
+    whisper_compute_type: str = _checked(_one_of("int8", "int8_float32", "float32"))
+    decode_threads: int = _checked(_between(1, 64))
+    post_call_engine: str = _checked(_one_of("", "vosk", "whisper"))
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    pinyin: bool
+    threshold: float = _checked(_between(50, 100))
+
+
+@dataclass(frozen=True)
+class AriConfig:
+    url: str
+    username: str
+    password: str
+    app: str
+    request_timeout: float = _checked(_between(0.1, 120))
+    max_connections: int = _checked(_between(1, 100))
+    reconnect_initial_delay: float = _checked(_between(0.01, 60))
+    reconnect_max_delay: float = _checked(_between(0.1, 600))
+
+
+@dataclass(frozen=True)
+class RtpConfig:
+    bind_host: str
+    advertise_host: str
+    port_min: int = _checked(_between(1024, 65535))
+    port_max: int = _checked(_between(1024, 65535))
+    jitter_ms: int = _checked(_between(0, 1000))
+    stall_timeout: float = _checked(_between(0.1, 600))
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    enabled: bool
+    format: str = _checked(_one_of("wav", "flac"))
+
+
+@dataclass(frozen=True)
+class CueConfig:
+    enabled: bool
+    media: str
+    duration_ms: int = _checked(_between(20, 5000))
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str
+    port: int = _checked(_between(0, 65535))
+    tls_cert: str
+    tls_key: str
+    secret: str
+    login_attempts_per_minute: int = _checked(_between(1, 1000))
+    adherence_window: float = _checked(_between(1, 600))
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig
+    asr: AsrConfig
+    matcher: MatcherConfig
+    ari: AriConfig
+    rtp: RtpConfig
+    recording: RecordingConfig
+    cue: CueConfig
+    web: WebConfig
+    source: str = "defaults"
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+
+SECTIONS: dict[str, type] = {f.name: get_type_hints(Config)[f.name]
+                             for f in fields(Config) if f.name != "source"}
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(f"{path}: file not found")
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: not valid TOML: {exc}")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
+    return {}
+
+
+def _coerce(raw: Any, kind: type, from_env: bool) -> Any:
+    """Return the value as `kind`, or raise ValueError saying what was expected."""
+    if from_env:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"must be true or false, got {raw!r}")
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"must be a{'n integer' if kind is int else ' number'}, got {raw!r}") from None
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if kind is bool and not isinstance(raw, bool) or kind is not bool and (
+            isinstance(raw, bool) or not isinstance(raw, kind)):
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+        raise ValueError(f"must be {names[kind]}, got {raw!r}")
+    return raw
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: dict[str, str] | None = None) -> Config:
+    """Defaults, overlaid by `path` (or $CALLASSIST_CONFIG), overlaid by the environment."""
+    env = dict(os.environ if env is None else env)
+    problems: list[str] = []
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+
+    def overlay(data: dict[str, Any], origin: str) -> None:
+        for section, values in data.items():
+            if section not in SECTIONS:
+                problems.append(f"{origin}: [{section}]: unknown section "
+                                f"(known: {', '.join(SECTIONS)})")
+                continue
+            if not isinstance(values, dict):
+                problems.append(f"{origin}: {section}: must be a table [{section}]")
+                continue
+            known = {f.name for f in fields(SECTIONS[section])}
+            for key, value in values.items():
+                if key not in known:
+                    problems.append(f"{origin}: [{section}] {key}: unknown key "
+                                    f"(known: {', '.join(sorted(known))})")
+                else:
+                    merged.setdefault(section, {})[key] = (value, origin)
+
+    overlay(_read_toml(DEFAULT_FILE, problems), str(DEFAULT_FILE))
+    user_file = path or env.get(ENV_PREFIX + "CONFIG")
+    if user_file:
+        overlay(_read_toml(Path(user_file), problems), str(user_file))
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        for section, cls in SECTIONS.items():
+            prefix = f"{ENV_PREFIX}{section.upper()}_"
+            if name.startswith(prefix):
+                key = name[len(prefix):].lower()
+                if key in {f.name for f in fields(cls)}:
+                    merged.setdefault(section, {})[key] = (value, f"${name}")
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in merged.get(section, {}):
+                problems.append(f"{DEFAULT_FILE}: [{section}] {f.name}: missing default")
+                continue
+            raw, origin = merged[section][f.name]
+            try:
+                value = _coerce(raw, hints[f.name], origin.startswith("$"))
+                check = f.metadata.get("check")
+                if check and (why := check(value)):
+                    raise ValueError(f"{why}, got {value!r}")
+                values[f.name] = value
+            except ValueError as exc:
+                problems.append(f"{origin}: [{section}] {f.name}: {exc}")
+        if len(values) == len(fields(cls)):
+            built[section] = cls(**values)
+    if "rtp" in built and built["rtp"].port_min > built["rtp"].port_max:
+        origin = merged["rtp"]["port_min"][1]
+        problems.append(f"{origin}: [rtp] port_min: must not exceed port_max")
+    if "ari" in built and built["ari"].url and not built["ari"].url.startswith(("http://", "https://")):
+        problems.append(f"{merged['ari']['url'][1]}: [ari] url: must start with http:// or https://")
+    if "web" in built and bool(built["web"].tls_cert) != bool(built["web"].tls_key):
+        problems.append(f"{merged['web']['tls_cert'][1]}: [web] tls_cert/tls_key: set both or neither")
+    if problems:
+        raise ConfigError(problems)
+    return Config(**built, source=str(user_file or "defaults"))

@@ -31,8 +31,11 @@ class SpeechEngine(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def open_stream(self, sample_rate: int) -> RecognizerStream:
-        """A new recogniser for one audio stream (one call leg)."""
+    def open_stream(self, sample_rate: int, label: str = "") -> RecognizerStream:
+        """A new recogniser for one audio stream (one call leg).
+
+        `label` names the stream for logs (e.g. "customer"); real engines only log it,
+        the scripted fake uses it to pick which script to replay."""
 
     def close(self) -> None:
         """Release the model and the thread pool. Idempotent."""

@@ -1,0 +1,190 @@
+"""`callassist analyze FILE`: a recording in, an annotated transcript out.
+
+Mono files are the customer; stereo files are customer (left) and agent (right)
+unless --channels says otherwise. The audio goes through the same CallPipeline as
+a live call, interleaved in 100 ms steps so both legs advance together.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from callassist.audio import PIPELINE_RATE, AudioError, Recording, read_recording
+from callassist.events import (CallEvent, CardConfirmed, CardFired, CardWithdrawn, Speaker,
+                               TranscriptUpdate)
+from callassist.pipeline import CallPipeline
+
+CHUNK_SECONDS = 0.1
+SPEAKER_LABELS = {"customer": "客户", "agent": "坐席"}
+
+
+@dataclass
+class AnalysisResult:
+    duration: float
+    utterances: list[dict[str, Any]]
+    triggers: list[dict[str, Any]]
+    events: list[CallEvent] = field(repr=False, default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"duration": round(self.duration, 3), "utterances": self.utterances,
+                "triggers": self.triggers}
+
+
+def speakers_for(recording: Recording, channels: str) -> list[Speaker]:
+    if len(recording.channels) == 1:
+        return ["customer"]
+    return ["customer", "agent"] if channels == "customer-agent" else ["agent", "customer"]
+
+
+def summarise(events: list[CallEvent], duration: float) -> AnalysisResult:
+    """Fold the pipeline's event stream into final utterances and standing triggers."""
+    utterances = [e for e in events if isinstance(e, TranscriptUpdate) and e.final and e.text]
+    cards = {e.card.card_id: e.card for e in events if isinstance(e, CardFired)}
+    for e in events:
+        if isinstance(e, CardWithdrawn):
+            cards.pop(e.card_id, None)
+        elif isinstance(e, CardConfirmed) and e.card_id in cards:
+            cards[e.card_id] = _replace_card(cards[e.card_id], e)
+    triggers = [{
+        "category": c.category, "speaker": c.speaker, "start": c.start, "end": c.end,
+        "text": c.text, "phrase": c.phrase, "score": round(c.score, 1), "title": c.title,
+        "severity": c.severity, "script": list(c.script),
+        "citations": [{"law": v.law, "article": v.article, "quote": v.quote} for v in c.citations],
+    } for c in sorted(cards.values(), key=lambda c: (c.start, c.category))]
+    return AnalysisResult(
+        duration=duration,
+        utterances=[{"speaker": u.speaker, "start": u.start, "end": u.end, "text": u.text}
+                    for u in sorted(utterances, key=lambda u: (u.start, u.speaker))],
+        triggers=triggers, events=events)
+
+
+def _replace_card(card, confirmed: CardConfirmed):
+    from dataclasses import replace
+    return replace(card, text=confirmed.text, end=confirmed.end, confirmed=True)
+
+
+class ProgressBar:
+    def __init__(self, total: float, stream=sys.stderr) -> None:
+        self.total, self.stream, self._last = total, stream, 0.0
+
+    def update(self, done: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.25:
+            return
+        self._last = now
+        filled = int(30 * done / self.total) if self.total else 30
+        self.stream.write(f"\ranalysing [{'#' * filled}{'.' * (30 - filled)}] "
+                          f"{done:6.1f}/{self.total:.1f} s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.update(self.total, force=True)
+        self.stream.write("\n")
+
+
+async def analyze_recording(recording: Recording, engine, matcher, *, channels: str = "customer-agent",
+                            call_id: str = "analysis", progress: ProgressBar | None = None) -> AnalysisResult:
+    events: list[CallEvent] = []
+    pipeline = CallPipeline(call_id, engine, matcher, events.append)
+    speakers = speakers_for(recording, channels)
+    step = int(CHUNK_SECONDS * PIPELINE_RATE)
+    total = len(recording.channels[0])
+    try:
+        for pos in range(0, total, step):
+            for speaker, samples in zip(speakers, recording.channels):
+                await pipeline.feed(speaker, samples[pos:pos + step].tobytes())
+            if progress:
+                progress.update(min(pos + step, total) / PIPELINE_RATE)
+        await pipeline.finish()
+    finally:
+        pipeline.close()
+        if progress:
+            progress.close()
+    return summarise(events, recording.duration)
+
+
+def analyze_file(path: str | Path, engine, matcher, *, channels: str = "customer-agent",
+                 call_id: str = "analysis", progress: bool = False) -> AnalysisResult:
+    """Blocking convenience wrapper (for the archive importer and scripts)."""
+    recording = read_recording(path)
+    bar = ProgressBar(recording.duration) if progress else None
+    return asyncio.run(analyze_recording(recording, engine, matcher, channels=channels,
+                                         call_id=call_id, progress=bar))
+
+
+def _clock(seconds: float) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def to_vtt(result: AnalysisResult) -> str:
+    lines = ["WEBVTT", ""]
+    notes = sorted(result.triggers, key=lambda t: t["start"])
+    for i, utt in enumerate(result.utterances, 1):
+        while notes and notes[0]["start"] <= utt["start"]:
+            lines += [_vtt_note(notes.pop(0)), ""]
+        lines += [str(i), f"{_clock(utt['start'])} --> {_clock(max(utt['end'], utt['start'] + 0.01))}",
+                  f"<v {SPEAKER_LABELS[utt['speaker']]}>{utt['text']}", ""]
+    lines += [item for t in notes for item in (_vtt_note(t), "")]
+    return "\n".join(lines)
+
+
+def _vtt_note(trigger: dict[str, Any]) -> str:
+    # "-->" may not appear inside a NOTE block.
+    text = (f"NOTE 触发 {trigger['category']} [{trigger['severity']}] {trigger['title']} "
+            f"@{_clock(trigger['start'])} {SPEAKER_LABELS[trigger['speaker']]}：{trigger['text']}")
+    return text.replace("-->", "->")
+
+
+def to_text(result: AnalysisResult) -> str:
+    out = []
+    for utt in result.utterances:
+        out.append(f"[{_clock(utt['start'])}] {SPEAKER_LABELS[utt['speaker']]}：{utt['text']}")
+    out.append("")
+    out.append(f"触发 {len(result.triggers)} 次")
+    for t in result.triggers:
+        out.append(f"[{_clock(t['start'])}] {t['title']}（{t['category']}，{t['severity']}）"
+                   f"{SPEAKER_LABELS[t['speaker']]}：{t['text']}")
+        out.extend(f"    {i}. {step}" for i, step in enumerate(t["script"], 1))
+        out.extend(f"    《{c['law']}》{c['article']}：{c['quote']}" for c in t["citations"])
+    return "\n".join(out) + "\n"
+
+
+FORMATTERS = {"json": lambda r: json.dumps(r.to_json(), ensure_ascii=False, indent=2) + "\n",
+              "vtt": to_vtt, "text": to_text}
+
+
+def run(args) -> int:
+    from asr import create_engine
+    from asr.engine import ModelNotFoundError
+    from callassist.config import ConfigError, load_config
+    from prompts.matcher import Matcher
+    from prompts.playbook import PlaybookError, load_playbook
+
+    try:
+        config = load_config(args.config)
+        recording = read_recording(args.file)
+        playbook = load_playbook()
+        engine = create_engine(config, name=args.engine, model=args.model)
+    except (ConfigError, AudioError, PlaybookError, ModelNotFoundError) as exc:
+        print(f"callassist analyze: {exc}", file=sys.stderr)
+        return 2
+    matcher = Matcher(playbook, threshold=config.matcher.threshold,
+                      use_pinyin=config.matcher.pinyin and not args.no_pinyin)
+    bar = None if args.quiet or not sys.stderr.isatty() else ProgressBar(recording.duration)
+    try:
+        result = asyncio.run(analyze_recording(recording, engine, matcher, channels=args.channels,
+                                               progress=bar))
+    finally:
+        engine.close()
+    text = FORMATTERS[args.format](result)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0

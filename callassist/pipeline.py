@@ -1,0 +1,196 @@
+"""One call's speech pipeline: audio per leg in, transcript and prompt-card events out.
+
+    frames (per leg) -> SilenceGate -> recogniser stream (one per leg) -> CallMatcher -> publish
+
+The same pipeline serves live calls (ari_app), the demo, and post-call analysis of
+files (callassist.analyze), so a recording analysed later gives the cards the agent
+saw live. Times published are seconds on the call's timeline (the recording's).
+"""
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import webrtcvad
+
+from asr.engine import RecognizerStream, SpeechEngine
+from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent
+from callassist.audio import PIPELINE_RATE
+from callassist.events import SPEAKERS, CallEvent, Speaker, TranscriptUpdate
+from prompts.matcher import CallMatcher, Matcher
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[CallEvent], None]
+
+
+class SilenceGate:
+    """Decides, 10 ms at a time, whether audio is worth decoding.
+
+    Snoop channels send 50 frames a second even in silence (all zeros); decoding
+    them would cost a recogniser's full CPU for nothing. The gate passes speech
+    plus `hangover` of trailing silence (so the recogniser can end the utterance
+    itself) and keeps `preroll` of audio before speech starts (so the first
+    syllable is not clipped).
+    """
+
+    STEP = PIPELINE_RATE // 100 * 2      # 10 ms of 16-bit samples
+
+    def __init__(self, aggressiveness: int = 2, hangover: float = 1.0, preroll: float = 0.3,
+                 min_level: int = 64) -> None:
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._hangover_steps = int(hangover * 100)
+        self._preroll: deque[bytes] = deque(maxlen=int(preroll * 100))
+        self._min_level = min_level        # peak below this (about -54 dBFS) is silence
+        self._silent_steps = self._hangover_steps
+        self._pending = b""
+
+    @property
+    def active(self) -> bool:
+        return self._silent_steps < self._hangover_steps
+
+    def _is_speech(self, step: bytes) -> bool:
+        samples = np.frombuffer(step, dtype=np.int16)
+        if int(np.abs(samples).max(initial=0)) < self._min_level:
+            return False                   # zeros and hiss: no need to ask the VAD
+        return self._vad.is_speech(step, PIPELINE_RATE)
+
+    def push(self, pcm: bytes) -> list[tuple[int, bytes]]:
+        """Returns (offset of the passed audio within this push in samples, audio) runs;
+        the offset is negative for preroll taken from earlier pushes."""
+        data = self._pending + pcm
+        lead = len(self._pending)
+        whole = len(data) - len(data) % self.STEP
+        self._pending = data[whole:]
+        runs: list[tuple[int, bytearray]] = []
+        for pos in range(0, whole, self.STEP):
+            step = data[pos:pos + self.STEP]
+            at = (pos - lead) // 2
+            if self._is_speech(step):
+                if not self.active and self._preroll:
+                    pre = b"".join(self._preroll)
+                    runs.append((at - len(pre) // 2, bytearray(pre)))
+                    self._preroll.clear()
+                self._silent_steps = 0
+            elif self.active:
+                self._silent_steps += 1
+            else:
+                self._preroll.append(step)
+                continue
+            if runs and runs[-1][0] + len(runs[-1][1]) // 2 == at:
+                runs[-1][1].extend(step)
+            else:
+                runs.append((at, bytearray(step)))
+        return [(at, bytes(buf)) for at, buf in runs]
+
+
+@dataclass
+class _TimeMap:
+    """Maps a recogniser's clock (audio it was fed) to the leg's clock (audio received)."""
+    fed: list[int] = field(default_factory=lambda: [0])        # stream sample where a run starts
+    received: list[int] = field(default_factory=lambda: [0])   # leg sample of that run's start
+
+    def add_run(self, fed_at: int, received_at: int) -> None:
+        if fed_at == self.fed[-1]:
+            self.received[-1] = received_at
+        elif received_at - fed_at != self.received[-1] - self.fed[-1]:
+            self.fed.append(fed_at)
+            self.received.append(received_at)
+
+    def to_leg_seconds(self, stream_seconds: float) -> float:
+        sample = stream_seconds * PIPELINE_RATE
+        i = bisect.bisect_right(self.fed, sample) - 1
+        return (self.received[i] + sample - self.fed[i]) / PIPELINE_RATE
+
+
+class Leg:
+    """One speaker's stream: gate, recogniser, and the clock mapping between them."""
+
+    def __init__(self, speaker: Speaker, stream: RecognizerStream, skip_silence: bool) -> None:
+        self.speaker = speaker
+        self.stream = stream
+        self.gate = SilenceGate() if skip_silence else None
+        self.offset = 0.0          # where this leg starts on the call's timeline (s)
+        self.received = 0          # samples received on this leg
+        self.fed = 0               # samples given to the recogniser
+        self.clock = _TimeMap()
+        self.shown: set[int] = set()   # utterances whose interim text was published
+
+    def call_time(self, stream_seconds: float) -> float:
+        return self.offset + self.clock.to_leg_seconds(stream_seconds)
+
+    async def feed(self, pcm: bytes) -> list[SpeechEvent]:
+        runs = self.gate.push(pcm) if self.gate else [(0, pcm)]
+        events: list[SpeechEvent] = []
+        for at, audio in runs:
+            self.clock.add_run(self.fed, self.received + at)
+            self.fed += len(audio) // 2
+            events.extend(await self.stream.feed(audio))
+        self.received += len(pcm) // 2
+        return events
+
+
+class CallPipeline:
+    def __init__(self, call_id: str, engine: SpeechEngine, matcher: Matcher, publish: Publish,
+                 *, skip_silence: bool = True, day: dt.date | None = None) -> None:
+        self.call_id = call_id
+        self._publish = publish
+        self._matcher = CallMatcher(matcher, call_id, day)
+        # Both streams are opened up front, customer first, so a leg that joins late
+        # costs nothing extra on the audio path.
+        self._legs = {speaker: Leg(speaker, engine.open_stream(PIPELINE_RATE, label=speaker), skip_silence)
+                      for speaker in SPEAKERS}
+        self._finished = False
+
+    def start_leg(self, speaker: Speaker, offset: float) -> None:
+        """Place a leg that starts late (the agent's) on the call timeline; call before its first feed."""
+        self._legs[speaker].offset = offset
+
+    async def feed(self, speaker: Speaker, pcm: bytes) -> None:
+        """16-bit native-endian mono PCM at 16 kHz, any chunk size, in order per leg."""
+        if self._finished:
+            return
+        leg = self._legs[speaker]
+        self._handle(leg, await leg.feed(pcm))
+
+    async def finish(self) -> None:
+        """Flush both recognisers and close them. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        for leg in self._legs.values():
+            try:
+                self._handle(leg, await leg.stream.finish())
+            finally:
+                leg.stream.close()
+
+    def close(self) -> None:
+        """Abandon without flushing (call torn down abnormally)."""
+        self._finished = True
+        for leg in self._legs.values():
+            leg.stream.close()
+
+    def _handle(self, leg: Leg, events: list[SpeechEvent]) -> None:
+        for event in events:
+            if isinstance(event, EndOfSpeech):
+                continue
+            final = isinstance(event, FinalTranscript)
+            assert final or isinstance(event, InterimTranscript)
+            text = event.text.strip()
+            if not text and not (final and event.utterance in leg.shown):
+                continue
+            start, end = leg.call_time(event.start), leg.call_time(event.end)
+            if final:
+                leg.shown.discard(event.utterance)
+            else:
+                leg.shown.add(event.utterance)
+            self._publish(TranscriptUpdate(self.call_id, leg.speaker, event.utterance, text,
+                                           round(start, 3), round(end, 3), final))
+            for card_event in self._matcher.on_transcript(leg.speaker, event.utterance, text,
+                                                          round(start, 3), round(end, 3), final):
+                self._publish(card_event)

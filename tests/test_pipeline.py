@@ -1,0 +1,146 @@
+"""CallPipeline: silence gating, call-time mapping, speaker routing, card lifecycle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asr.engine import RecognizerStream, SpeechEngine
+from asr.events import EndOfSpeech, FinalTranscript
+from asr.fake import ScriptedEngine, ScriptedUtterance
+from callassist.events import CardConfirmed, CardFired, TranscriptUpdate
+from callassist.pipeline import CallPipeline, SilenceGate
+from prompts.matcher import Matcher
+from prompts.playbook import load_playbook
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def matcher() -> Matcher:
+    return Matcher(load_playbook())
+
+
+def voiced(seconds: float, seed: int = 0) -> np.ndarray:
+    """A speech-like signal (harmonics with syllable-rate modulation) the VAD accepts."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    f0 = 140 + 20 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / RATE
+    tone = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (tone * envelope * 6000).astype(np.int16)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.int16)
+
+
+class RunStream(RecognizerStream):
+    """Reports each run of audio it is fed as one utterance, on its own clock."""
+
+    def __init__(self) -> None:
+        self.sample_rate = RATE
+        self.fed = 0
+        self._run_start: int | None = None
+        self._count = 0
+
+    async def feed(self, pcm: bytes) -> list:
+        events = []
+        samples = np.frombuffer(pcm, np.int16)
+        for pos in range(0, len(samples), 160):          # 10 ms resolution
+            loud = np.abs(samples[pos:pos + 160]).max(initial=0) > 1000
+            if loud and self._run_start is None:
+                self._run_start = self.fed
+            elif not loud and self._run_start is not None:
+                events += self._close()
+            self.fed += len(samples[pos:pos + 160])
+        return events
+
+    def _close(self) -> list:
+        start, end = self._run_start / RATE, self.fed / RATE
+        self._run_start = None
+        self._count += 1
+        return [FinalTranscript(self._count - 1, f"run{self._count}", start, end), EndOfSpeech(self._count - 1, end)]
+
+    async def finish(self) -> list:
+        return self._close() if self._run_start is not None else []
+
+
+class RunEngine(SpeechEngine):
+    name = "runs"
+
+    def __init__(self) -> None:
+        self.streams: dict[str, RunStream] = {}
+
+    def open_stream(self, sample_rate: int, label: str = "") -> RunStream:
+        self.streams[label] = RunStream()
+        return self.streams[label]
+
+
+async def feed_in_frames(pipeline: CallPipeline, speaker: str, audio: np.ndarray, frame: int = 320) -> None:
+    for pos in range(0, len(audio), frame):
+        await pipeline.feed(speaker, audio[pos:pos + frame].tobytes())
+
+
+async def test_silence_is_not_decoded_and_times_stay_on_the_call_clock(matcher):
+    engine, events = RunEngine(), []
+    pipeline = CallPipeline("c1", engine, matcher, events.append)
+    audio = np.concatenate([silence(3), voiced(1.0), silence(4), voiced(1.5, seed=1), silence(2)])
+    await feed_in_frames(pipeline, "customer", audio)
+    await pipeline.finish()
+
+    fed = engine.streams["customer"].fed
+    assert fed < len(audio) * 0.6, "long silences must not reach the recogniser"
+    finals = [e for e in events if isinstance(e, TranscriptUpdate) and e.final]
+    assert [round(e.start, 1) for e in finals] == [3.0, 8.0]
+    assert finals[0].end == pytest.approx(4.0, abs=0.05)
+
+
+async def test_late_leg_is_placed_at_its_offset(matcher):
+    engine, events = RunEngine(), []
+    pipeline = CallPipeline("c2", engine, matcher, events.append)
+    pipeline.start_leg("agent", 2.5)
+    await feed_in_frames(pipeline, "agent", np.concatenate([silence(1), voiced(1), silence(1.5)]))
+    await pipeline.finish()
+    final = next(e for e in events if isinstance(e, TranscriptUpdate) and e.final)
+    assert final.speaker == "agent"
+    assert final.start == pytest.approx(3.5, abs=0.05)
+
+
+async def test_card_fires_on_partial_then_is_confirmed_once(matcher):
+    engine = ScriptedEngine({"customer": [ScriptedUtterance("我 要 去 工信部 投诉 你们", 1.0, 3.0)]})
+    events = []
+    pipeline = CallPipeline("c3", engine, matcher, events.append, skip_silence=False)
+    await feed_in_frames(pipeline, "customer", voiced(4))
+    await pipeline.finish()
+
+    fired = [e for e in events if isinstance(e, CardFired)]
+    assert "regulator_complaint" in [e.card.category for e in fired]
+    assert len(fired) == len({e.card.category for e in fired}), "one card per category and utterance"
+    card = next(e.card for e in fired if e.card.category == "regulator_complaint")
+    assert card.speaker == "customer" and not card.confirmed
+    assert card.script and card.citations
+    partial_index = next(i for i, e in enumerate(events) if isinstance(e, CardFired) and e.card is card)
+    final_index = next(i for i, e in enumerate(events) if isinstance(e, TranscriptUpdate) and e.final)
+    assert partial_index < final_index, "the card must come from a partial, before the final"
+    assert [e.card_id for e in events if isinstance(e, CardConfirmed)] == [card.card_id]
+
+
+async def test_agent_speech_is_matched_as_agent(matcher):
+    engine = ScriptedEngine({"agent": [ScriptedUtterance("那 你 去 法院 告 吧", 0.5, 2.0)]})
+    events = []
+    pipeline = CallPipeline("c4", engine, matcher, events.append, skip_silence=False)
+    await feed_in_frames(pipeline, "agent", voiced(3))
+    await pipeline.finish()
+    categories = {e.card.category for e in events if isinstance(e, CardFired)}
+    assert categories == {"agent_forbidden_phrase"}
+    assert all(e.speaker == "agent" for e in events if isinstance(e, TranscriptUpdate))
+
+
+def test_gate_passes_speech_with_preroll_and_hangover():
+    gate = SilenceGate(hangover=0.5, preroll=0.2)
+    audio = np.concatenate([silence(1), voiced(0.5), silence(2)])
+    runs = gate.push(audio.tobytes())
+    assert len(runs) == 1
+    start, data = runs[0]
+    assert start == pytest.approx(0.8 * RATE, abs=160)
+    assert len(data) // 2 == pytest.approx((0.2 + 0.5 + 0.5) * RATE, abs=320)

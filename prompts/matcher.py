@@ -292,6 +292,22 @@ class Matcher:
         matches.sort(key=lambda m: -m.score)
         return matches
 
+    def exclusion_may_follow(self, match: Match, text: str) -> bool:
+        """True when `text` (a partial result) ends inside what may still become one of the
+        category's exclusions: the partial 投诉你 may yet be 投诉你们. Firing then would
+        flash a card the final result withdraws, so the caller waits for more words."""
+        prepared = self._prepare(text)
+        index = self._speakers[match.category.speaker]
+        cat_index = next(i for i, c in enumerate(self.playbook.categories) if c.id == match.category.id)
+        n = len(prepared.chars)
+        for chars, syllables in index.exclusions.get(cat_index, ()):
+            for k in range(min(len(chars) - 1, n), 0, -1):
+                tail_matches = (prepared.chars.endswith(chars[:k])
+                                or prepared.syllables[n - k:] == syllables[:k])
+                if tail_matches and _overlaps(match.span, [(n - k, n)]):
+                    return True
+        return False
+
     def _best_in_category(self, index: _SpeakerIndex, cat_index: int, text: _Text,
                           char_phrases: list[_Phrase], pinyin_phrases: list[_Phrase]) -> Match | None:
         excluded = index.excluded_spans(cat_index, text)
@@ -404,6 +420,8 @@ class CallMatcher:
                     self._fired_at[cat_id].remove(card.start)
         for cat_id, match in matches.items():
             if cat_id in state.decided or self._cooling(match.category, start):
+                continue
+            if not final and self.matcher.exclusion_may_follow(match, text):
                 continue
             card = self._card(match, speaker, utterance, shown, start, end, confirmed=final)
             state.decided.add(cat_id)

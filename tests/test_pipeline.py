@@ -144,3 +144,14 @@ def test_gate_passes_speech_with_preroll_and_hangover():
     start, data = runs[0]
     assert start == pytest.approx(0.8 * RATE, abs=160)
     assert len(data) // 2 == pytest.approx((0.2 + 0.5 + 0.5) * RATE, abs=320)
+
+
+async def test_partial_that_may_grow_into_an_exclusion_waits(matcher):
+    # "投诉你" is a staff complaint, "投诉你们" (the company) is excluded from it: the partial
+    # ending in 投诉你 must not flash a staff card that the final result withdraws.
+    engine = ScriptedEngine({"customer": [ScriptedUtterance("我 要 去 工信部 投诉 你 们", 1.0, 3.0)]})
+    events = []
+    pipeline = CallPipeline("c5", engine, matcher, events.append, skip_silence=False)
+    await feed_in_frames(pipeline, "customer", voiced(4))
+    await pipeline.finish()
+    assert [e.card.category for e in events if isinstance(e, CardFired)] == ["regulator_complaint"]

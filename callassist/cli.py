@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the ARI application and the web app")
     demo = sub.add_parser("demo", help="run the web app and play a sample complaint call through it")
-    demo.add_argument("--loop", action="store_true", help="replay the demo call every time it ends")
+    demo.add_argument("--once", action="store_true", help="play the demo call once (default: replay it)")
 
     user = sub.add_parser("user", help="web users").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user (asks for the password, or reads $CALLASSIST_PASSWORD)")

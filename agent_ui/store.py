@@ -1,0 +1,850 @@
+"""The one module that owns the SQLite database: calls, their events, transcripts,
+prompt cards, QA reviews, web users and sessions.
+
+One file (data_dir/callassist.db) in WAL mode, so the web app keeps serving reads
+while the store writes, and `callassist user ...` / `archive import` can write from
+another process. Schema: agent_ui.migrations, applied in order on open.
+
+The store is used from one asyncio thread; every method is synchronous and short
+(one small transaction). `run(bus)` records every bus event as it comes; `listen()`
+hands the web app each event only after it is committed, with its sequence number,
+so a screen shows exactly what is stored and catching up with `events_since` gives
+no duplicates:
+
+    queue = store.listen()                       # 1. listen first
+    for seq, event in store.events_since(last):  # 2. then catch up
+        send(event); last = seq
+    while True:
+        seq, event = await queue.get()
+        if seq > last: send(event); last = seq   # 3. skip what catch-up already sent
+
+Interim transcripts are kept in `events` only as the latest one per utterance (an
+older interim of the same utterance is deleted when a newer one or the final
+arrives); final transcripts also go to `utterances` (full-text searchable).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent_ui.auth import ROLES, SESSION_TTL, hash_token, new_token
+from agent_ui.migrations import MIGRATIONS
+from agent_ui.risk import call_risk
+from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted,
+                               CardConfirmed, CardFired, CardWithdrawn, TranscriptUpdate,
+                               event_to_dict)
+from prompts.normalize import normalize
+
+if TYPE_CHECKING:
+    from callassist.bus import EventBus
+    from callassist.config import Config
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "callassist.db"
+RECORDINGS_DIR = "recordings"
+CALL_STATUSES = ("live", "ended")
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+FTS_MIN_CHARS = 3                      # trigram tokens: shorter queries use LIKE
+USERNAME_MAX = 64
+PURGE_BATCH = 200                      # calls deleted per transaction
+
+
+@dataclass(frozen=True)
+class _Duplicate:
+    """An event that repeats one already stored: nothing is written or announced."""
+    seq: int
+
+
+class StoreError(ValueError):
+    """A request the database cannot satisfy; the message says why."""
+
+
+def search_form(text: str) -> str:
+    """What the full-text index holds and queries are reduced to: the matcher's
+    normalisation (no spaces or punctuation, simplified, half-width, lower case), so
+    "工信部 投诉" in an ASR result is found by "工信部投訴"."""
+    return normalize(text)
+
+
+class Listener(asyncio.Queue):
+    """A live feed of (seq, event dict), filled after each commit. Bounded listeners
+    drop their oldest item when full and count it in `dropped` (catch up with
+    `events_since`)."""
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.dropped = 0
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+
+    def offer(self, item: tuple[int, dict[str, Any]]) -> None:
+        if self.full():
+            self.get_nowait()
+            self.dropped += 1
+        self.put_nowait(item)
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.recordings_dir = self.path.parent / RECORDINGS_DIR
+        self._lock = threading.RLock()
+        self._listeners: list[Listener] = []
+        if not self.path.parent.is_dir():
+            raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
+        created = not self.path.exists()
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._configure(busy_timeout)
+            if created:
+                os.chmod(self.path, 0o600)        # password hashes and call transcripts
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path}: not a usable callassist database: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- connection, transactions, schema -------------------------------------------
+
+    def _configure(self, busy_timeout: float) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"{self.path}: the file system does not support SQLite WAL mode "
+                             f"(journal mode stays {mode!r}); put data_dir on a local disk")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so a
+        concurrent writer waits (busy_timeout) instead of failing on lock upgrade."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Several SELECTs seeing one snapshot."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        latest = MIGRATIONS[-1].version
+        if self.schema_version > latest:
+            raise StoreError(f"{self.path}: schema version {self.schema_version} is newer than "
+                             f"this callassist understands ({latest}); upgrade callassist")
+        for step in MIGRATIONS:
+            if self.schema_version >= step.version:
+                continue
+            try:
+                with self._write() as db:
+                    current = db.execute("PRAGMA user_version").fetchone()[0]
+                    if current >= step.version:           # another process got there first
+                        continue
+                    if current != step.version - 1:
+                        raise StoreError(f"{self.path}: schema version {current} cannot be "
+                                         f"migrated to {step.version}")
+                    for statement in step.statements:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {step.version}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: migration to schema {step.version} "
+                                 f"({step.description}) failed, database left at schema "
+                                 f"{self.schema_version}: {exc}") from None
+            log.info("database %s migrated to schema %d (%s)", self.path, step.version,
+                     step.description)
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- recording bus events -------------------------------------------------------
+
+    def record(self, event: CallEvent) -> int:
+        """Persist one bus event (and what it changes); listeners hear of it after the
+        commit. Returns its sequence number."""
+        return self.record_many([event])[0]
+
+    def record_many(self, events: Sequence[CallEvent]) -> list[int]:
+        """Persist several events in ONE transaction (all or nothing), e.g. an imported call."""
+        items: list[tuple[int, dict[str, Any], bool]] = []
+        with self._write() as db:
+            for event in events:
+                items.append(self._apply(db, event))
+        for seq, data, new in items:
+            if new:
+                self._notify((seq, data))
+        return [seq for seq, _, _ in items]
+
+    def _apply(self, db: sqlite3.Connection, event: CallEvent) -> tuple[int, dict[str, Any], bool]:
+        """Write one event; returns (seq, wire form, whether it was new)."""
+        data = event_to_dict(event)
+        handler = self._HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a call event: {type(event).__name__}")
+        self._ensure_call(db, event)
+        partial_key = handler(self, db, event)
+        if isinstance(partial_key, _Duplicate):
+            return partial_key.seq, data, False
+        cur = db.execute(
+            "INSERT INTO events (call_id, type, payload, at, partial_key) VALUES (?, ?, ?, ?, ?)",
+            (event.call_id, data["type"], json.dumps(data, ensure_ascii=False), event.at,
+             partial_key))
+        return cur.lastrowid, data, True
+
+    @staticmethod
+    def _ensure_call(db: sqlite3.Connection, event: CallEvent) -> None:
+        """Any event may be the first one seen of a call (order across legs is not
+        guaranteed): make sure its row exists, started no later than the event."""
+        started = event.at - event.duration if isinstance(event, CallEnded) else event.at
+        db.execute("INSERT OR IGNORE INTO calls (call_id, started_at) VALUES (?, ?)",
+                   (event.call_id, started))
+
+    def _on_call_started(self, db: sqlite3.Connection, e: CallStarted) -> None:
+        # MIN: a repeated CallStarted does not move the start; events seen before it
+        # (legs are not ordered) made the row with their own, later time
+        db.execute("UPDATE calls SET caller = ?, source = ?, started_at = MIN(started_at, ?) "
+                   "WHERE call_id = ?", (e.caller, e.source, e.at, e.call_id))
+
+    def _on_agent_joined(self, db: sqlite3.Connection, e: AgentJoined) -> None:
+        db.execute("INSERT OR IGNORE INTO call_agents (call_id, endpoint, joined_at) VALUES (?, ?, ?)",
+                   (e.call_id, e.endpoint, e.at))
+        db.execute("UPDATE calls SET agent_endpoint = ? WHERE call_id = ?", (e.endpoint, e.call_id))
+
+    def _on_transcript(self, db: sqlite3.Connection, e: TranscriptUpdate) -> str | None:
+        key = f"{e.call_id}\x1f{e.speaker}\x1f{e.utterance}"
+        db.execute("DELETE FROM events WHERE partial_key = ?", (key,))   # older interim
+        if not e.final:
+            return key
+        if e.text.strip():
+            db.execute(
+                """INSERT INTO utterances (call_id, speaker, utterance, text, start, "end", final,
+                                           search_text)
+                   VALUES (?, ?, ?, ?, ?, ?, 1, ?)
+                   ON CONFLICT (call_id, speaker, utterance) DO UPDATE SET
+                       text = excluded.text, start = excluded.start, "end" = excluded."end",
+                       search_text = excluded.search_text""",
+                (e.call_id, e.speaker, e.utterance, e.text, e.start, e.end, search_form(e.text)))
+        return None
+
+    def _on_card_fired(self, db: sqlite3.Connection, e: CardFired) -> _Duplicate | None:
+        c = e.card
+        known = db.execute("SELECT call_id, status FROM cards WHERE card_id = ?", (c.card_id,)).fetchone()
+        if known and known["call_id"] != e.call_id:
+            log.error("card %s fired on call %s already belongs to call %s; card not stored",
+                      c.card_id, e.call_id, known["call_id"])
+            return None
+        if known and not (c.confirmed and known["status"] == "fired"):
+            # the same card again: nothing changes, so no second event either
+            seq = db.execute("""SELECT seq FROM events WHERE call_id = ? AND type = 'CardFired'
+                                AND json_extract(payload, '$.card.card_id') = ?
+                                ORDER BY seq LIMIT 1""", (e.call_id, c.card_id)).fetchone()
+            return _Duplicate(seq[0] if seq else 0)
+        db.execute(
+            """INSERT INTO cards (card_id, call_id, category, title, severity, speaker, text, phrase,
+                                  score, start, "end", utterance, script, citations,
+                                  alert_supervisor, status, fired_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (card_id) DO UPDATE SET status = 'confirmed'
+                   WHERE cards.status = 'fired' AND excluded.status = 'confirmed'""",
+            (c.card_id, e.call_id, c.category, c.title, c.severity, c.speaker, c.text, c.phrase,
+             c.score, c.start, c.end, c.utterance, json.dumps(list(c.script), ensure_ascii=False),
+             json.dumps(event_to_dict(e)["card"]["citations"], ensure_ascii=False),
+             int(c.alert_supervisor), "confirmed" if c.confirmed else "fired", e.at))
+        self._update_risk(db, e.call_id)
+        return None
+
+    def _on_card_confirmed(self, db: sqlite3.Connection, e: CardConfirmed) -> None:
+        db.execute("""UPDATE cards SET status = 'confirmed', text = ?, "end" = ?
+                      WHERE card_id = ? AND call_id = ?""", (e.text, e.end, e.card_id, e.call_id))
+        self._update_risk(db, e.call_id)
+
+    def _on_card_withdrawn(self, db: sqlite3.Connection, e: CardWithdrawn) -> None:
+        db.execute("UPDATE cards SET status = 'withdrawn' WHERE card_id = ? AND call_id = ?",
+                   (e.card_id, e.call_id))
+        self._update_risk(db, e.call_id)
+
+    def _on_call_ended(self, db: sqlite3.Connection, e: CallEnded) -> None:
+        db.execute("""UPDATE calls SET status = 'ended', ended_at = ?, duration = ?,
+                                       recording_path = COALESCE(?, recording_path)
+                      WHERE call_id = ?""", (e.at, e.duration, e.recording, e.call_id))
+
+    def _on_call_fault(self, db: sqlite3.Connection, e: CallFault) -> None:
+        return None                       # the event row is the record
+
+    _HANDLERS: dict[type, Callable[..., str | _Duplicate | None]] = {
+        CallStarted: _on_call_started, AgentJoined: _on_agent_joined,
+        TranscriptUpdate: _on_transcript, CardFired: _on_card_fired,
+        CardConfirmed: _on_card_confirmed, CardWithdrawn: _on_card_withdrawn,
+        CallEnded: _on_call_ended, CallFault: _on_call_fault,
+    }
+
+    @staticmethod
+    def _update_risk(db: sqlite3.Connection, call_id: str) -> None:
+        rows = db.execute("SELECT category, severity FROM cards WHERE call_id = ? AND status != "
+                          "'withdrawn'", (call_id,)).fetchall()
+        db.execute("UPDATE calls SET risk = ? WHERE call_id = ?",
+                   (call_risk((r["category"], r["severity"]) for r in rows), call_id))
+
+    def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
+        """Subscribe to `bus` NOW (so nothing published after this call is missed, even
+        before the task first runs) and return the coroutine that records forever:
+
+            task = asyncio.create_task(store.run(bus))
+        """
+        subscription = bus.subscribe()            # unbounded: the store must not lose events
+
+        async def consume() -> None:
+            try:
+                async for event in subscription:
+                    await self._record_patiently(event)
+            finally:
+                subscription.close()
+
+        return consume()
+
+    async def _record_patiently(self, event: CallEvent, attempts: int = 4) -> None:
+        """record(), retrying while another process holds the database longer than
+        busy_timeout; any other failure is logged and the recorder goes on."""
+        for attempt in range(attempts):
+            try:
+                self.record(event)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
+                    log.error("could not store %s of call %s: %s", type(event).__name__,
+                              getattr(event, "call_id", "?"), exc)
+                    return
+                await asyncio.sleep(0.2 * 2 ** attempt)
+            except Exception:                     # one bad event must not stop the recorder
+                log.exception("could not store %s of call %s", type(event).__name__,
+                              getattr(event, "call_id", "?"))
+                return
+
+    def close_interrupted_calls(self, now: float | None = None,
+                                problem: str = "callassist restarted during the call") -> int:
+        """Mark calls left 'live' by a previous run as ended (a CallFault and a CallEnded
+        each). Call once at start-up, before any call can start; returns how many."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute("SELECT call_id, started_at FROM calls WHERE status = 'live'"
+                                    ).fetchall()
+        for row in rows:
+            self.record_many([CallFault(row["call_id"], problem, at=now),
+                              CallEnded(row["call_id"], max(0.0, now - row["started_at"]), at=now)])
+        return len(rows)
+
+    # --- live feed ------------------------------------------------------------------
+
+    def listen(self, maxsize: int = 0) -> Listener:
+        """A queue that receives (seq, event_to_dict(event)) for every event committed
+        from now on. Call from the event loop's thread; `unlisten` when done."""
+        listener = Listener(maxsize)
+        self._listeners.append(listener)
+        return listener
+
+    def unlisten(self, queue: asyncio.Queue) -> None:
+        try:
+            self._listeners.remove(queue)           # type: ignore[arg-type]
+        except ValueError:
+            pass
+
+    def _notify(self, item: tuple[int, dict[str, Any]]) -> None:
+        for listener in tuple(self._listeners):
+            loop = listener.loop
+            try:
+                in_loop_thread = loop is None or asyncio.get_running_loop() is loop
+            except RuntimeError:
+                in_loop_thread = False
+            if in_loop_thread:
+                listener.offer(item)
+            elif loop.is_closed():
+                self.unlisten(listener)
+            else:
+                loop.call_soon_threadsafe(listener.offer, item)
+
+    def events_since(self, after_seq: int, call_ids: Iterable[str] | None = None,
+                     limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """Stored events with seq > after_seq, oldest first (optionally of some calls only)."""
+        sql = "SELECT seq, payload FROM events WHERE seq > ?"
+        params: list[Any] = [after_seq]
+        if call_ids is not None:
+            sql += " AND call_id IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(call_ids)))
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        return [(row["seq"], json.loads(row["payload"])) for row in rows]
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
+    # --- calls ----------------------------------------------------------------------
+
+    def _call_filters(self, *, endpoints: list[str] | None, date_from: float | None,
+                      date_to: float | None, category: str | None, severity: str | None,
+                      agent: str | None, text: str | None, status: str | None,
+                      risk: str | None) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+
+        def on_endpoints(names: list[str]) -> None:
+            where.append("(c.agent_endpoint IN (SELECT value FROM json_each(?)) OR EXISTS "
+                         "(SELECT 1 FROM call_agents a WHERE a.call_id = c.call_id AND a.endpoint IN "
+                         "(SELECT value FROM json_each(?))))")
+            params.extend([json.dumps(names)] * 2)
+
+        if endpoints is not None:
+            on_endpoints(list(endpoints))
+        if agent:
+            owned = [r[0] for r in self._db.execute(
+                "SELECT endpoint FROM user_endpoints WHERE username = ?", (agent,))]
+            on_endpoints([agent, *owned])
+        if date_from is not None:
+            where.append("c.started_at >= ?")
+            params.append(date_from)
+        if date_to is not None:
+            where.append("c.started_at <= ?")
+            params.append(date_to)
+        for column, value in (("category", category), ("severity", severity)):
+            if value:
+                where.append(f"EXISTS (SELECT 1 FROM cards k WHERE k.call_id = c.call_id "
+                             f"AND k.{column} = ? AND k.status != 'withdrawn')")
+                params.append(value)
+        if status:
+            if status not in CALL_STATUSES:
+                raise StoreError(f"status must be one of {', '.join(CALL_STATUSES)}, got {status!r}")
+            where.append("c.status = ?")
+            params.append(status)
+        if risk:
+            where.append("c.risk = ?")
+            params.append(risk)
+        if text:
+            clause, value = self._text_clause(text)
+            if clause:
+                where.append(clause)
+                params.append(value)
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    @staticmethod
+    def _text_clause(text: str) -> tuple[str, str]:
+        query = search_form(text)
+        if not query:
+            return "", ""
+        if len(query) >= FTS_MIN_CHARS:
+            return ("c.call_id IN (SELECT u.call_id FROM utterances u WHERE u.id IN "
+                    "(SELECT rowid FROM utterances_fts WHERE utterances_fts MATCH ?))",
+                    '"' + query.replace('"', '""') + '"')
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return ("EXISTS (SELECT 1 FROM utterances u WHERE u.call_id = c.call_id "
+                "AND u.search_text LIKE ? ESCAPE '\\')", f"%{escaped}%")
+
+    _CALL_COLUMNS = ("c.call_id, c.source, c.caller, c.agent_endpoint, c.started_at, c.ended_at, "
+                     "c.duration, c.recording_path, c.status, c.risk, "
+                     "u.username AS agent_username, u.display_name AS agent_name")
+    _CALL_FROM = ("FROM calls c LEFT JOIN user_endpoints ue ON ue.endpoint = c.agent_endpoint "
+                  "LEFT JOIN users u ON u.username = ue.username")
+
+    def list_calls(self, *, endpoints: list[str] | None = None, date_from: float | None = None,
+                   date_to: float | None = None, category: str | None = None,
+                   severity: str | None = None, agent: str | None = None, text: str | None = None,
+                   status: str | None = None, risk: str | None = None, limit: int = 100,
+                   offset: int = 0) -> list[dict[str, Any]]:
+        """Calls matching every filter given, newest first.
+
+        endpoints: only calls any of these agent endpoints took part in ([] -> none);
+        date_from/date_to: epoch seconds, inclusive, on started_at; category/severity:
+        calls with a standing (not withdrawn) card of it; agent: an endpoint or a username
+        (its endpoints); text: in the final transcript (normalised substring; 3+ characters
+        use the trigram index, shorter ones a scan); status: live|ended; risk.
+        Each dict: the call columns, agent_username/agent_name, categories (in order of
+        first card), max_severity (None without cards), card_count, and with `text`,
+        snippets: up to 3 matching utterances."""
+        with self._read() as db:
+            where, params = self._call_filters(
+                endpoints=endpoints, date_from=date_from, date_to=date_to, category=category,
+                severity=severity, agent=agent, text=text, status=status, risk=risk)
+            rows = db.execute(f"SELECT {self._CALL_COLUMNS} {self._CALL_FROM}{where} "
+                              "ORDER BY c.started_at DESC, c.call_id LIMIT ? OFFSET ?",
+                              [*params, max(0, int(limit)), max(0, int(offset))]).fetchall()
+            calls = [dict(r) for r in rows]
+            self._add_card_summary(db, calls)
+            if text and search_form(text):
+                self._add_snippets(db, calls, search_form(text))
+        return calls
+
+    def count_calls(self, **filters: Any) -> int:
+        """How many calls list_calls(**filters) would give without limit/offset."""
+        filters = {k: filters.get(k) for k in ("endpoints", "date_from", "date_to", "category",
+                                               "severity", "agent", "text", "status", "risk")}
+        with self._lock:
+            where, params = self._call_filters(**filters)
+            return self._db.execute(f"SELECT COUNT(*) FROM calls c{where}", params).fetchone()[0]
+
+    @staticmethod
+    def _add_card_summary(db: sqlite3.Connection, calls: list[dict[str, Any]]) -> None:
+        for call in calls:
+            call.update(categories=[], max_severity=None, card_count=0)
+        if not calls:
+            return
+        by_id = {call["call_id"]: call for call in calls}
+        rows = db.execute("SELECT call_id, category, severity FROM cards WHERE status != 'withdrawn' "
+                          "AND call_id IN (SELECT value FROM json_each(?)) ORDER BY start",
+                          (json.dumps(list(by_id)),)).fetchall()
+        for row in rows:
+            call = by_id[row["call_id"]]
+            call["card_count"] += 1
+            if row["category"] not in call["categories"]:
+                call["categories"].append(row["category"])
+            if call["max_severity"] is None or (SEVERITY_RANK.get(row["severity"], 0)
+                                                > SEVERITY_RANK.get(call["max_severity"], 0)):
+                call["max_severity"] = row["severity"]
+
+    @staticmethod
+    def _add_snippets(db: sqlite3.Connection, calls: list[dict[str, Any]], query: str) -> None:
+        for call in calls:
+            rows = db.execute("""SELECT speaker, start, "end", text FROM utterances
+                                 WHERE call_id = ? AND instr(search_text, ?) > 0
+                                 ORDER BY start LIMIT 3""", (call["call_id"], query)).fetchall()
+            call["snippets"] = [dict(r) for r in rows]
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        """The call (as in list_calls) plus agents (every endpoint that joined), utterances
+        (final, by start), cards (all, withdrawn included, by start), faults, review (the
+        latest saved) and reviews (all, latest first)."""
+        with self._read() as db:
+            row = db.execute(f"SELECT {self._CALL_COLUMNS} {self._CALL_FROM} WHERE c.call_id = ?",
+                             (call_id,)).fetchone()
+            if row is None:
+                return None
+            call = dict(row)
+            self._add_card_summary(db, [call])
+            call["agents"] = [r[0] for r in db.execute(
+                "SELECT endpoint FROM call_agents WHERE call_id = ? ORDER BY joined_at", (call_id,))]
+            call["utterances"] = [dict(r) for r in db.execute(
+                """SELECT speaker, utterance, text, start, "end", final FROM utterances
+                   WHERE call_id = ? ORDER BY start, speaker""", (call_id,))]
+            for utt in call["utterances"]:
+                utt["final"] = bool(utt["final"])
+            call["cards"] = [self._card_dict(r) for r in db.execute(
+                "SELECT * FROM cards WHERE call_id = ? ORDER BY start, fired_at", (call_id,))]
+            call["faults"] = [{"problem": json.loads(r["payload"])["problem"], "at": r["at"]}
+                              for r in db.execute("SELECT payload, at FROM events WHERE call_id = ? "
+                                                  "AND type = 'CallFault' ORDER BY seq", (call_id,))]
+            call["reviews"] = [dict(r) for r in db.execute(
+                "SELECT * FROM reviews WHERE call_id = ? ORDER BY updated_at DESC", (call_id,))]
+            call["review"] = call["reviews"][0] if call["reviews"] else None
+        return call
+
+    @staticmethod
+    def _card_dict(row: sqlite3.Row) -> dict[str, Any]:
+        card = dict(row)
+        card["script"] = json.loads(card["script"])
+        card["citations"] = json.loads(card["citations"])
+        card["alert_supervisor"] = bool(card["alert_supervisor"])
+        card["helpful"] = None if card["helpful"] is None else bool(card["helpful"])
+        card["confirmed"] = card["status"] == "confirmed"
+        return card
+
+    def live_calls(self) -> list[dict[str, Any]]:
+        """Calls in progress, riskiest first, then oldest first."""
+        calls = self.list_calls(status="live", limit=10_000)
+        calls.sort(key=lambda c: (-("normal", "warning", "critical").index(c["risk"]), c["started_at"]))
+        return calls
+
+    def card_call_id(self, card_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT call_id FROM cards WHERE card_id = ?", (card_id,)).fetchone()
+        return row[0] if row else None
+
+    def get_card(self, card_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM cards WHERE card_id = ?", (card_id,)).fetchone()
+        return self._card_dict(row) if row else None
+
+    def acknowledge_card(self, card_id: str, username: str, at: float | None = None) -> bool:
+        """The agent saw the card. The first acknowledgement is kept. False: no such card."""
+        with self._write() as db:
+            db.execute("""UPDATE cards SET acknowledged_by = ?, acknowledged_at = ?
+                          WHERE card_id = ? AND acknowledged_by IS NULL""",
+                       (username, time.time() if at is None else at, card_id))
+            return db.execute("SELECT 1 FROM cards WHERE card_id = ?", (card_id,)).fetchone() is not None
+
+    def card_feedback(self, card_id: str, username: str, helpful: bool, at: float | None = None) -> bool:
+        """Was the card helpful? The latest answer counts. False: no such card."""
+        with self._write() as db:
+            cur = db.execute("UPDATE cards SET helpful = ?, feedback_by = ?, feedback_at = ? "
+                             "WHERE card_id = ?", (int(bool(helpful)), username,
+                                                   time.time() if at is None else at, card_id))
+            return cur.rowcount > 0
+
+    def save_review(self, call_id: str, reviewer: str, verdict: str, notes: str = "",
+                    adherence_score: float | None = None) -> bool:
+        """Create or replace `reviewer`'s review of the call. False: no such call."""
+        if not verdict:
+            raise StoreError("a review needs a verdict")
+        if adherence_score is not None and not 0 <= adherence_score <= 100:
+            raise StoreError(f"adherence_score must be between 0 and 100, got {adherence_score}")
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)).fetchone() is None:
+                return False
+            db.execute("""INSERT INTO reviews (call_id, reviewer, verdict, notes, adherence_score,
+                                               updated_at) VALUES (?, ?, ?, ?, ?, ?)
+                          ON CONFLICT (call_id, reviewer) DO UPDATE SET verdict = excluded.verdict,
+                              notes = excluded.notes, adherence_score = excluded.adherence_score,
+                              updated_at = excluded.updated_at""",
+                       (call_id, reviewer, verdict, notes, adherence_score, time.time()))
+        return True
+
+    # --- users ----------------------------------------------------------------------
+
+    @staticmethod
+    def check_username(username: str) -> None:
+        if not username or len(username) > USERNAME_MAX or not all(
+                ch.isalnum() or ch in "._@-" for ch in username) or username[0] in ".-":
+            raise StoreError(f"invalid username {username!r}: use 1-{USERNAME_MAX} letters, digits "
+                             "and . _ @ - (not starting with . or -)")
+
+    def add_user(self, username: str, role: str, password_hash: str, display_name: str = "",
+                 endpoints: Iterable[str] = ()) -> None:
+        self.check_username(username)
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        endpoints = list(dict.fromkeys(e.strip() for e in endpoints))
+        for endpoint in endpoints:
+            if not endpoint or any(ch.isspace() for ch in endpoint):
+                raise StoreError(f"invalid endpoint {endpoint!r} (expected e.g. PJSIP/1001)")
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
+                raise StoreError(f"user {username!r} already exists")
+            for endpoint in endpoints:
+                owner = db.execute("SELECT username FROM user_endpoints WHERE endpoint = ?",
+                                   (endpoint,)).fetchone()
+                if owner:
+                    raise StoreError(f"endpoint {endpoint} already belongs to user {owner[0]!r}")
+            db.execute("INSERT INTO users (username, role, display_name, password_hash, created_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (username, role, display_name, password_hash,
+                                                  time.time()))
+            db.executemany("INSERT INTO user_endpoints (endpoint, username) VALUES (?, ?)",
+                           [(e, username) for e in endpoints])
+
+    def _user(self, db: sqlite3.Connection, row: sqlite3.Row | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        user = dict(row)
+        user["endpoints"] = [r[0] for r in db.execute(
+            "SELECT endpoint FROM user_endpoints WHERE username = ? ORDER BY endpoint",
+            (user["username"],))]
+        return user
+
+    def get_user(self, username: str) -> dict[str, Any] | None:
+        """username, role, display_name, password_hash (for login only: never send it
+        to a browser), created_at, endpoints."""
+        with self._read() as db:
+            return self._user(db, db.execute("SELECT * FROM users WHERE username = ?",
+                                             (username,)).fetchone())
+
+    def user_for_endpoint(self, endpoint: str) -> dict[str, Any] | None:
+        with self._read() as db:
+            return self._user(db, db.execute(
+                "SELECT u.* FROM users u JOIN user_endpoints e ON e.username = u.username "
+                "WHERE e.endpoint = ?", (endpoint,)).fetchone())
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user without the password hash, by username."""
+        with self._read() as db:
+            users = [self._user(db, r) for r in db.execute(
+                "SELECT username, role, display_name, created_at FROM users ORDER BY username")]
+        return users  # type: ignore[return-value]
+
+    def set_password_hash(self, username: str, password_hash: str) -> bool:
+        with self._write() as db:
+            return db.execute("UPDATE users SET password_hash = ? WHERE username = ?",
+                              (password_hash, username)).rowcount > 0
+
+    def remove_user(self, username: str) -> bool:
+        """Remove the user, their endpoints and sessions. Their reviews and card
+        acknowledgements stay (QA history). False: no such user."""
+        with self._write() as db:
+            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
+
+    # --- sessions -------------------------------------------------------------------
+
+    def create_session(self, username: str, ttl: float = SESSION_TTL,
+                       now: float | None = None) -> tuple[str, str]:
+        """A new session: (token for the cookie, CSRF token for forms and websocket)."""
+        now = time.time() if now is None else now
+        token, csrf = new_token(), new_token()
+        try:
+            with self._write() as db:
+                db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+                db.execute("INSERT INTO sessions (token_hash, username, csrf, created_at, expires_at) "
+                           "VALUES (?, ?, ?, ?, ?)", (hash_token(token), username, csrf, now, now + ttl))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"no user {username!r}") from None
+        return token, csrf
+
+    def get_session(self, token: str, now: float | None = None) -> dict[str, Any] | None:
+        """username, csrf, created_at, expires_at; None if unknown or expired."""
+        if not token:
+            return None
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute("SELECT username, csrf, created_at, expires_at FROM sessions "
+                                   "WHERE token_hash = ?", (hash_token(token),)).fetchone()
+        if row is None:
+            return None
+        if row["expires_at"] <= now:
+            self.delete_session(token)
+            return None
+        return dict(row)
+
+    def delete_session(self, token: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM sessions WHERE token_hash = ?",
+                              (hash_token(token),)).rowcount > 0
+
+    def delete_user_sessions(self, username: str) -> int:
+        with self._write() as db:
+            return db.execute("DELETE FROM sessions WHERE username = ?", (username,)).rowcount
+
+    # --- login attempts (agent_ui.auth.LoginRateLimiter) ------------------------------
+
+    def add_login_failure(self, key: str, at: float) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM login_attempts WHERE key = ? AND at < ?", (key, at - 3600))
+            db.execute("INSERT INTO login_attempts (key, at) VALUES (?, ?)", (key, at))
+
+    def login_failures(self, key: str, since: float) -> list[float]:
+        """Times of failed logins for `key` after `since`, oldest first."""
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT at FROM login_attempts WHERE key = ? AND at > ? ORDER BY at", (key, since))]
+
+    # --- retention ------------------------------------------------------------------
+
+    def purge(self, retention_days: float, now: float | None = None) -> int:
+        """Delete ended calls that started more than `retention_days` ago, with all their
+        rows and their recording files (only files inside data_dir/recordings are ever
+        deleted). 0 keeps everything. Also drops expired sessions and old login
+        attempts. Returns the number of calls deleted."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM login_attempts WHERE at < ?", (now - 86400,))
+        if retention_days <= 0:
+            return 0
+        cutoff = now - retention_days * 86400
+        deleted = 0
+        while True:
+            # in batches: each transaction (and the lock it holds) stays short
+            with self._write() as db:
+                rows = db.execute("SELECT call_id, recording_path FROM calls WHERE status = 'ended' "
+                                  "AND started_at < ? LIMIT ?", (cutoff, PURGE_BATCH)).fetchall()
+                ids = json.dumps([r["call_id"] for r in rows])
+                db.execute("DELETE FROM events WHERE call_id IN (SELECT value FROM json_each(?))", (ids,))
+                db.execute("DELETE FROM calls WHERE call_id IN (SELECT value FROM json_each(?))", (ids,))
+            for row in rows:
+                self._delete_recording(row["recording_path"])
+            deleted += len(rows)
+            if len(rows) < PURGE_BATCH:
+                break
+        if deleted:
+            log.info("retention: deleted %d calls older than %s days", deleted, retention_days)
+        return deleted
+
+    def _in_recordings(self, recording: str | None) -> Path | None:
+        """The file a calls.recording_path names (relative paths are relative to the
+        data dir), if it lies inside data_dir/recordings once symlinks and .. are resolved."""
+        if not recording:
+            return None
+        path = Path(recording)
+        if not path.is_absolute():
+            path = self.path.parent / path
+        try:
+            resolved = path.resolve()
+            inside = resolved.is_relative_to(self.recordings_dir.resolve())
+        except (OSError, RuntimeError):
+            return None
+        return resolved if inside else None
+
+    def recording_file(self, recording: str | None) -> Path | None:
+        """For serving a call's recording: the existing file inside data_dir/recordings
+        that `recording` (calls.recording_path) names, else None. Never a path outside."""
+        path = self._in_recordings(recording)
+        return path if path is not None and path.is_file() else None
+
+    def _delete_recording(self, recording: str | None) -> None:
+        if not recording:
+            return
+        path = self._in_recordings(recording)
+        if path is None:
+            log.warning("retention: not deleting %s: outside %s", recording, self.recordings_dir)
+            return
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("retention: cannot delete %s: %s", path, exc)
+
+
+def open_store(config: Config) -> Store:
+    """The store of a configuration: data_dir/callassist.db (data_dir and its recordings
+    folder are created, readable by the owner only)."""
+    data_dir = config.data_dir
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (data_dir / RECORDINGS_DIR).mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+    return Store(data_dir / DB_NAME)

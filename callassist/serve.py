@@ -1,0 +1,170 @@
+"""`callassist serve` and `callassist demo`: the web app plus a source of calls.
+
+serve: calls come from Asterisk (ARI) when [ari] url is set.
+demo:  a simulated complaint call is replayed through the real pipeline, into a
+       separate data directory (data_dir/demo) with demo logins, so a new user sees
+       the product work without a PBX and without touching real data.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from callassist.bus import EventBus
+from callassist.config import Config, ConfigError, load_config
+
+log = logging.getLogger("callassist")
+
+DEMO_USERS = (("agent1", "agent", "坐席 1001", ("PJSIP/1001",)),
+              ("supervisor", "supervisor", "值班主管", ()),
+              ("qa", "qa", "质检员", ()),
+              ("admin", "admin", "管理员", ()))
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.web.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.web.tls_cert, config.web.tls_key)
+    return context
+
+
+def _live_engine(config: Config, *, demo: bool):
+    """The configured live engine; the demo falls back to Whisper when no Vosk Chinese
+    model is installed (none ships on PyPI)."""
+    from asr import create_engine
+    from asr.engine import ModelNotFoundError
+    try:
+        return create_engine(config)
+    except ModelNotFoundError:
+        if not demo or config.asr.engine == "whisper":
+            raise
+        log.warning("no Vosk Chinese model found; the demo uses Whisper "
+                    "(`callassist models install` gets the Vosk model)")
+        return create_engine(config, name="whisper")
+
+
+def _demo_logins(store, data_dir: Path) -> list[tuple[str, str, str]]:
+    """Demo users, created once with random passwords kept in data_dir/demo-logins.txt."""
+    from agent_ui.auth import hash_password
+    logins_file = data_dir / "demo-logins.txt"
+    if logins_file.exists():
+        return [tuple(line.split("\t")) for line in logins_file.read_text().splitlines() if line]
+    logins = []
+    for username, role, name, endpoints in DEMO_USERS:
+        password = secrets.token_urlsafe(9)
+        if store.get_user(username) is None:
+            store.add_user(username, role, hash_password(password), name, endpoints)
+            logins.append((username, role, password))
+    logins_file.write_text("".join("\t".join(row) + "\n" for row in logins))
+    logins_file.chmod(0o600)
+    return logins
+
+
+async def run_services(config: Config, *, demo: bool, once: bool = False) -> None:
+    from agent_ui.app import create_app
+    from agent_ui.store import open_store
+    from prompts.matcher import Matcher
+    from prompts.playbook import load_playbook
+
+    if demo:
+        config = dataclasses.replace(config, storage=dataclasses.replace(
+            config.storage, data_dir=str(config.data_dir / "demo")))
+    store = open_store(config)
+    interrupted = store.close_interrupted_calls()
+    if interrupted:
+        log.warning("%d call(s) were live when callassist last stopped; closed them out", interrupted)
+    bus = EventBus()
+    playbook = load_playbook()
+    matcher = Matcher(playbook, threshold=config.matcher.threshold, use_pinyin=config.matcher.pinyin)
+    engine = _live_engine(config, demo=demo)
+    recordings_dir = store.recordings_dir
+
+    runner = web.AppRunner(create_app(config, store, bus, playbook), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.web.host, config.web.port, ssl_context=_ssl_context(config))
+    await site.start()
+    scheme = "https" if config.web.tls_cert else "http"
+    print(f"callassist: web app on {scheme}://{config.web.host}:{config.web.port}/", flush=True)
+
+    tasks: list[asyncio.Task] = [asyncio.create_task(_purge_daily(store, config), name="retention")]
+    ari = None
+    if demo:
+        from callassist.demo import run_demo_calls
+        for username, role, password in _demo_logins(store, config.data_dir):
+            print(f"  demo login ({role}): {username} / {password}", flush=True)
+        tasks.append(asyncio.create_task(run_demo_calls(
+            engine, matcher, bus.publish, recordings_dir, once=once,
+            recording_format=config.recording.format), name="demo"))
+    elif config.ari.url:
+        from ari_app.app import AriApp
+        ari = AriApp.from_config(config, bus, engine, matcher, recordings_dir)
+        await ari.start()
+        print(f"callassist: ARI application '{config.ari.app}' on {config.ari.url}", flush=True)
+    else:
+        print("callassist: no Asterisk configured ([ari] url); run `callassist demo` for a demo call",
+              flush=True)
+
+    for task in tasks:
+        task.add_done_callback(_report_failure)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if ari is not None:
+            await ari.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        engine.close()
+        store.close()
+
+
+def _report_failure(task: asyncio.Task) -> None:
+    """A background job that dies must say so at once, not when it is garbage-collected."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
+
+
+async def _purge_daily(store, config: Config) -> None:
+    if not config.storage.retention_days:
+        return
+    while True:
+        removed = await asyncio.to_thread(store.purge, config.storage.retention_days)
+        if removed:
+            log.info("retention: removed %d call(s) older than %d days", removed, config.storage.retention_days)
+        await asyncio.sleep(24 * 3600)
+
+
+def _main(args, *, demo: bool) -> int:
+    from asr.engine import ModelNotFoundError
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        asyncio.run(run_services(config, demo=demo, once=getattr(args, "once", False)))
+    except (ConfigError, ModelNotFoundError, OSError) as exc:
+        print(f"callassist: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args) -> int:
+    return _main(args, demo=False)
+
+
+def run_demo(args) -> int:
+    return _main(args, demo=True)

@@ -1,0 +1,148 @@
+"""agent_ui.auth: argon2 passwords, tokens, the login rate limiter, role checks."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent_ui.auth import (LoginRateLimiter, PasswordPolicyError, call_filter, can_manage_users,
+                           can_review, can_view_call, can_view_live_board, check_password_policy,
+                           hash_password, hash_password_async, needs_rehash, new_token,
+                           tokens_match, verify_password, verify_password_async)
+from agent_ui.store import Store
+
+SECRET = "correct horse 电池"
+
+
+@pytest.fixture(scope="module")
+def stored_hash() -> str:
+    return hash_password(SECRET)
+
+
+def test_argon2_hash_and_verify(stored_hash: str) -> None:
+    assert stored_hash.startswith("$argon2id$") and SECRET not in stored_hash
+    assert verify_password(stored_hash, SECRET)
+    assert not verify_password(stored_hash, SECRET + " ")
+    assert not verify_password(stored_hash, "")
+    assert not verify_password(None, SECRET)                      # unknown user
+    assert not verify_password("not a hash", SECRET)
+    assert hash_password(SECRET) != stored_hash                   # salted
+    assert not needs_rehash(stored_hash) and needs_rehash("not a hash")
+
+
+async def test_async_variants(stored_hash: str) -> None:
+    assert await verify_password_async(stored_hash, SECRET)
+    assert verify_password(await hash_password_async("another password"), "another password")
+
+
+def test_password_policy() -> None:
+    for bad in ("", "        ", "short12"):
+        with pytest.raises(PasswordPolicyError) as err:
+            check_password_policy(bad)
+        assert bad.strip() == "" or bad not in str(err.value)
+    check_password_policy("eight ch")
+
+
+def test_tokens() -> None:
+    a, b = new_token(), new_token()
+    assert a != b and len(a) >= 43
+    assert tokens_match(a, a) and not tokens_match(a, b)
+    assert not tokens_match(None, None) and not tokens_match("", "") and not tokens_match(a, None)
+
+
+def test_nothing_secret_is_logged(caplog, stored_hash: str, tmp_path: Path) -> None:
+    caplog.set_level(logging.DEBUG)
+    verify_password(stored_hash, SECRET)
+    verify_password(stored_hash, "wrong " + SECRET)
+    store = Store(tmp_path / "db")
+    store.add_user("alice", "agent", stored_hash)
+    token, csrf = store.create_session("alice")
+    store.get_session(token)
+    LoginRateLimiter(1, store).record_failure("alice", "10.0.0.1")
+    store.close()
+    for secret in (SECRET, token, csrf, stored_hash):
+        assert secret not in caplog.text
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limiter_per_account_and_per_address() -> None:
+    clock = FakeClock()
+    limiter = LoginRateLimiter(3, clock=clock)
+    for _ in range(3):
+        assert limiter.allowed("alice", "10.0.0.1")
+        limiter.record_failure("alice", "10.0.0.1")
+        clock.now += 1
+    assert not limiter.allowed("alice", "10.0.0.1")
+    assert not limiter.allowed("ALICE", "10.0.0.9")           # the account is limited anywhere
+    assert not limiter.allowed("bob", "10.0.0.1")             # the address is limited for anyone
+    assert limiter.allowed("bob", "10.0.0.2")
+    assert limiter.retry_after("alice", "10.0.0.2") == pytest.approx(57.0)
+    clock.now += 57.0                                         # the first failure ages out
+    assert limiter.allowed("alice", "10.0.0.2")
+    limiter.record_failure("alice", "10.0.0.2")
+    assert not limiter.allowed("alice", "10.0.0.2")
+
+
+def test_rate_limits_survive_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = Store(tmp_path / "db")
+    limiter = LoginRateLimiter(2, store, clock=clock)
+    limiter.record_failure("alice", "10.0.0.1")
+    limiter.record_failure("alice", "10.0.0.1")
+    store.close()
+    reopened = Store(tmp_path / "db")
+    after_restart = LoginRateLimiter(2, reopened, clock=clock)
+    assert not after_restart.allowed("alice", "10.0.0.3")
+    assert not after_restart.allowed("carol", "10.0.0.1")
+    clock.now += 61
+    assert after_restart.allowed("alice", "10.0.0.1")
+    reopened.close()
+
+
+def test_rate_limiter_rejects_a_zero_limit() -> None:
+    with pytest.raises(ValueError):
+        LoginRateLimiter(0)
+
+
+AGENT = {"username": "a", "role": "agent", "endpoints": ["PJSIP/1001"]}
+OTHER_AGENT = {"username": "b", "role": "agent", "endpoints": ["PJSIP/1002"]}
+NO_PHONE = {"username": "c", "role": "agent", "endpoints": []}
+QA = {"username": "q", "role": "qa", "endpoints": []}
+SUPERVISOR = {"username": "s", "role": "supervisor", "endpoints": []}
+ADMIN = {"username": "root", "role": "admin", "endpoints": []}
+LIVE = {"call_id": "1", "status": "live", "agent_endpoint": "PJSIP/1001"}
+ENDED = {"call_id": "2", "status": "ended", "agent_endpoint": "PJSIP/1001"}
+TRANSFERRED = {"call_id": "3", "status": "ended", "agent_endpoint": "PJSIP/1002",
+               "agents": ["PJSIP/1001", "PJSIP/1002"]}
+NO_AGENT = {"call_id": "4", "status": "live", "agent_endpoint": ""}
+
+
+@pytest.mark.parametrize("user, call, allowed", [
+    (AGENT, LIVE, True), (AGENT, ENDED, True), (AGENT, TRANSFERRED, True),
+    (OTHER_AGENT, LIVE, False), (OTHER_AGENT, TRANSFERRED, True),
+    (NO_PHONE, NO_AGENT, False), (NO_PHONE, LIVE, False),
+    (QA, LIVE, False), (QA, ENDED, True),
+    (SUPERVISOR, LIVE, True), (SUPERVISOR, NO_AGENT, True), (ADMIN, ENDED, True),
+    (None, ENDED, False), (AGENT, None, False), ({"role": "intruder"}, ENDED, False),
+])
+def test_can_view_call(user, call, allowed) -> None:
+    assert can_view_call(user, call) is allowed
+
+
+def test_role_helpers_and_call_filter() -> None:
+    assert call_filter(AGENT) == {"endpoints": ["PJSIP/1001"]}
+    assert call_filter(QA) == {"status": "ended"}
+    assert call_filter(SUPERVISOR) == {} and call_filter(ADMIN) == {}
+    assert call_filter({"role": "intruder"}) == {"endpoints": []}
+    assert [can_view_live_board(u) for u in (AGENT, QA, SUPERVISOR, ADMIN)] == [False, False, True, True]
+    assert [can_review(u) for u in (AGENT, QA, SUPERVISOR, ADMIN)] == [False, True, True, True]
+    assert [can_manage_users(u) for u in (AGENT, QA, SUPERVISOR, ADMIN)] == [False, False, False, True]
+    assert not can_view_live_board(None) and not can_review(None) and not can_manage_users(None)

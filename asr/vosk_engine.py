@@ -1,0 +1,201 @@
+"""Streaming recognition with Vosk (Kaldi): partial results while the caller speaks,
+a final transcript with word times at each pause.
+
+One `vosk.Model` (hundreds of MB) is loaded once per engine and shared by every stream;
+each stream owns a cheap `KaldiRecognizer`. Decoding runs in the engine's bounded thread
+pool (libvosk is called through cffi, which releases the GIL, so `decode_threads` streams
+really decode in parallel) and never on the event loop.
+
+Utterance ends: Kaldi's own endpointer decides from its silence-phone posteriors, which
+works on real background noise but, as measured here, never fires on digital silence (the
+all-zero frames Asterisk's snoop sends) and fires late or not at all when the model does
+not fit the audio. So each stream also runs the cheap webrtcvad detector over the audio it
+decodes and forces the final result after `endpoint_silence_ms` of non-speech following
+decoded words.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
+from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
+from asr.models import VOSK_INSTALL_HINT, vosk_model_problems
+from asr.vad import VALID_RATES, SpeechDetector
+
+
+class VoskEngine(SpeechEngine):
+    name = "vosk"
+
+    def __init__(self, model_dir: Path | str, decode_threads: int = 2, *,
+                 endpoint_silence_ms: int = 800) -> None:
+        import vosk  # imported here so that `import asr` stays cheap
+
+        self.model_dir = Path(model_dir)
+        problems = vosk_model_problems(self.model_dir)
+        if problems:
+            raise ModelNotFoundError(f"{self.model_dir} is not a usable Vosk model: "
+                                     f"{'; '.join(problems)}. {VOSK_INSTALL_HINT}")
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
+        vosk.SetLogLevel(-1)  # Kaldi logs every model file it reads to stderr otherwise
+        started = time.perf_counter()
+        try:
+            self._model = vosk.Model(str(self.model_dir))
+        except Exception as exc:  # libvosk only says "Failed to create a model"
+            raise ModelNotFoundError(f"Vosk could not load the model in {self.model_dir} ({exc}); "
+                                     f"the files may be damaged. {VOSK_INSTALL_HINT}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.endpoint_silence_ms = endpoint_silence_ms
+        self._vosk = vosk
+        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vosk-decode")
+        self._closed = False
+
+    def open_stream(self, sample_rate: int, label: str = "") -> VoskStream:
+        if self._closed:
+            raise RuntimeError("VoskEngine is closed")
+        if not 8000 <= sample_rate <= 48000:
+            raise ValueError(f"sample rate must be 8000..48000 Hz, got {sample_rate}")
+        recognizer = self._vosk.KaldiRecognizer(self._model, float(sample_rate))
+        recognizer.SetWords(True)
+        if hasattr(recognizer, "SetPartialWords"):  # vosk >= 0.3.42
+            recognizer.SetPartialWords(True)
+        return VoskStream(recognizer, sample_rate, self._pool, self.endpoint_silence_ms)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._model = None  # freed once the last recogniser using it is gone
+
+
+class VoskStream(RecognizerStream):
+    """One recogniser for one audio stream.
+
+    A KaldiRecognizer is not thread-safe and its output depends on the order of the audio,
+    so every call into it is serialised by an asyncio.Lock (FIFO): two overlapping feed()
+    calls on the same stream run one after the other in the pool, in call order, while
+    other streams keep decoding on the other pool threads. The lock is an asyncio one so
+    that waiting for it never blocks the event loop.
+    """
+
+    def __init__(self, recognizer, sample_rate: int, pool: ThreadPoolExecutor,
+                 endpoint_silence_ms: int = 800) -> None:
+        self.sample_rate = sample_rate
+        self._recognizer = recognizer
+        self._pool = pool
+        # VAD state is only touched inside the (serialised) decode calls in the pool.
+        self._vad = SpeechDetector(sample_rate, frame_ms=10) if sample_rate in VALID_RATES else None
+        self._vad_pending = b""
+        self._trailing_silence = 0    # samples of non-speech since the last speech frame
+        self._endpoint_samples = endpoint_silence_ms * sample_rate // 1000
+        self._lock = asyncio.Lock()
+        self._odd_byte = b""          # half a sample left over from a chunk of odd length
+        self._samples = 0             # samples fed so far: the stream clock
+        self._utterance = 0
+        self._utterance_start = 0.0   # fallback start when the engine gives no word times
+        self._last_partial = ""
+
+    @property
+    def position(self) -> float:
+        """Seconds of audio fed so far."""
+        return self._samples / self.sample_rate
+
+    async def feed(self, pcm: bytes) -> list[SpeechEvent]:
+        pcm = self._odd_byte + bytes(pcm)
+        if len(pcm) % 2:
+            pcm, self._odd_byte = pcm[:-1], pcm[-1:]
+        else:
+            self._odd_byte = b""
+        if not pcm:
+            return []
+        async with self._lock:
+            recognizer = self._live_recognizer()
+            loop = asyncio.get_running_loop()
+            is_final, payload = await loop.run_in_executor(self._pool, self._decode, recognizer, pcm,
+                                                           bool(self._last_partial))
+            self._samples += len(pcm) // 2
+            result = json.loads(payload)
+            if is_final:
+                return self._final_events(result)
+            return self._interim_events(result)
+
+    async def finish(self) -> list[SpeechEvent]:
+        """Flush the utterance in progress. The stream stays usable: later audio continues
+        the same clock and starts a new utterance."""
+        async with self._lock:
+            if self._recognizer is None:
+                return []
+            loop = asyncio.get_running_loop()
+            payload = await loop.run_in_executor(self._pool, _final_result, self._recognizer)
+            return self._final_events(json.loads(payload))
+
+    def close(self) -> None:
+        # A decode already running in the pool holds its own reference to the recogniser,
+        # so dropping ours here never frees it under that thread's feet.
+        self._recognizer = None
+
+    def _decode(self, recognizer, pcm: bytes, utterance_open: bool) -> tuple[bool, str]:
+        """Runs in the pool: one decode step and its result in a single hop."""
+        if recognizer.AcceptWaveform(pcm):
+            self._count_silence(pcm)
+            return True, recognizer.Result()
+        if self._count_silence(pcm) >= self._endpoint_samples and utterance_open:
+            return True, recognizer.FinalResult()
+        return False, recognizer.PartialResult()
+
+    def _count_silence(self, pcm: bytes) -> int:
+        """Trailing non-speech in samples, updated with `pcm` (0 without a usable VAD)."""
+        if self._vad is None:
+            return 0
+        data = self._vad_pending + pcm
+        size = self._vad.frame_bytes
+        whole = len(data) - len(data) % size
+        for offset in range(0, whole, size):
+            if self._vad.is_speech(data[offset:offset + size]):
+                self._trailing_silence = 0
+            else:
+                self._trailing_silence += self._vad.frame_samples
+        self._vad_pending = data[whole:]
+        return self._trailing_silence
+
+    def _live_recognizer(self):
+        if self._recognizer is None:
+            raise RuntimeError("stream is closed")
+        return self._recognizer
+
+    def _interim_events(self, result: dict) -> list[SpeechEvent]:
+        text = result.get("partial", "")
+        if text == self._last_partial:
+            return []
+        self._last_partial = text
+        if not text:
+            return []
+        words = result.get("partial_result") or []
+        start = float(words[0]["start"]) if words else self._utterance_start
+        return [InterimTranscript(self._utterance, text, start, self.position)]
+
+    def _final_events(self, result: dict) -> list[SpeechEvent]:
+        text = result.get("text", "")
+        had_interim = bool(self._last_partial)
+        self._last_partial = ""
+        if not text and not had_interim:
+            # Vosk also ends "utterances" of pure silence or noise: nothing to report.
+            self._utterance_start = self.position
+            return []
+        words = tuple(Word(w["word"], float(w["start"]), float(w["end"]), float(w.get("conf", 1.0)))
+                      for w in result.get("result", ()))
+        start = words[0].start if words else self._utterance_start
+        end = words[-1].end if words else self.position
+        events: list[SpeechEvent] = [FinalTranscript(self._utterance, text, start, end, words),
+                                     EndOfSpeech(self._utterance, self.position)]
+        self._utterance += 1
+        self._utterance_start = self.position
+        return events
+
+
+def _final_result(recognizer) -> str:
+    return recognizer.FinalResult()

@@ -1,0 +1,260 @@
+"""Segment-based recognition with faster-whisper (Whisper base, CTranslate2, CPU).
+
+Whisper is not a streaming model: it transcribes a whole segment at once, and every call
+costs one encoder pass over a 30 s window however short the audio (≈1.5-2 s of one core
+for base/int8 here). So a stream buffers audio, finds the end of each utterance with the
+webrtcvad segmenter (asr/vad.py), and transcribes that one segment: one FinalTranscript
+with word times plus EndOfSpeech per utterance. No InterimTranscript: re-transcribing the
+growing buffer every ~2 s would cost a full encoder pass each time, i.e. about one CPU
+core per active speaker on top of the final pass; use Vosk when live partials matter.
+
+Each segment is decoded with timestamp tokens off (`without_timestamps=True`): the segment
+is one utterance, and with timestamps on, Whisper base tends to "continue" into the
+silence padding of its 30 s window with repeated text. Word times still come from the
+cross-attention alignment. Output is converted to simplified Chinese (OpenCC t2s): Whisper
+often answers in traditional characters.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
+from asr.events import EndOfSpeech, FinalTranscript, SpeechEvent, Word
+from asr.models import WHISPER_INSTALL_HINT, ct2_model_problems
+from asr.vad import Segmenter, SpeechEnd, SpeechStart
+
+WHISPER_RATE = 16000
+DEFAULT_PROMPT = "以下是普通话的句子，关于电信投诉。"
+# Phrases Whisper produces from noise or silence (subtitle credits from its training data).
+HALLUCINATIONS = ("字幕由Amara.org社区提供", "明镜与点点栏目", "请不吝点赞", "订阅 转发 打赏",
+                  "小编字幕", "字幕志愿者")
+MAX_COMPRESSION_RATIO = 2.4   # above: repeated text, a decoding loop
+MAX_NEW_TOKENS = 300          # hard cap per segment (Whisper's context is 448 tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A transcribed span, times relative to the audio given to Whisper."""
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...]
+
+
+class WhisperEngine(SpeechEngine):
+    name = "whisper"
+
+    def __init__(self, model_dir: Path | str, compute_type: str = "int8", decode_threads: int = 2,
+                 language: str = "zh", beam_size: int = 5, *, initial_prompt: str = DEFAULT_PROMPT,
+                 simplified: bool = True, vad_aggressiveness: int = 2, end_silence_ms: int = 600,
+                 max_segment_s: float = 25.0) -> None:
+        from faster_whisper import WhisperModel  # heavy import (ctranslate2, av): only when used
+
+        self.model_dir = Path(model_dir)
+        problems = ct2_model_problems(self.model_dir)
+        if problems:
+            raise ModelNotFoundError(f"{self.model_dir} is not a usable faster-whisper model: "
+                                     f"{'; '.join(problems)}. {WHISPER_INSTALL_HINT}")
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
+        started = time.perf_counter()
+        try:
+            # cpu_threads=1: each transcription uses one core; num_workers lets `decode_threads`
+            # transcriptions (one per pool thread) run at the same time.
+            self._model = WhisperModel(str(self.model_dir), device="cpu", compute_type=compute_type,
+                                       cpu_threads=1, num_workers=decode_threads)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelNotFoundError(f"faster-whisper could not load {self.model_dir} ({exc}). "
+                                     f"{WHISPER_INSTALL_HINT}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.language = language
+        self.beam_size = beam_size
+        self.initial_prompt = initial_prompt
+        self.vad_aggressiveness = vad_aggressiveness
+        self.end_silence_ms = end_silence_ms
+        self.max_segment_s = max_segment_s
+        self._to_simplified = _simplifier() if simplified else (lambda text: text)
+        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="whisper-decode")
+        self._closed = False
+
+    def open_stream(self, sample_rate: int, label: str = "") -> WhisperStream:
+        if self._closed:
+            raise RuntimeError("WhisperEngine is closed")
+        return WhisperStream(self, sample_rate)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- blocking transcription (pool threads, or the caller's own thread) ------------
+
+    def transcribe_segment(self, audio: np.ndarray) -> list[_Piece]:
+        """One utterance (float32, 16 kHz) -> its text; blocking."""
+        seconds = len(audio) / WHISPER_RATE
+        segments, _ = self._model.transcribe(
+            audio, language=self.language, beam_size=self.beam_size, temperature=0.0,
+            word_timestamps=True, without_timestamps=True, vad_filter=False,
+            condition_on_previous_text=False, initial_prompt=self.initial_prompt,
+            max_new_tokens=min(MAX_NEW_TOKENS, int(seconds * 12) + 20))
+        return self._clean(segments)
+
+    def transcribe_file(self, pcm: bytes | np.ndarray, sample_rate: int = WHISPER_RATE) -> list[FinalTranscript]:
+        """Accurate whole-recording pass (post-call QA); blocking, may take a while.
+
+        `pcm` is 16-bit mono PCM bytes or an int16/float array. Uses faster-whisper's own
+        Silero VAD to skip silence, timestamps on (long audio spans many 30 s windows) and
+        temperature fallback, then the same clean-up as the live path.
+        """
+        audio = to_whisper_audio(pcm, sample_rate)
+        segments, _ = self._model.transcribe(
+            audio, language=self.language, beam_size=max(self.beam_size, 5),
+            temperature=(0.0, 0.2, 0.4), word_timestamps=True, vad_filter=True,
+            condition_on_previous_text=False, initial_prompt=self.initial_prompt,
+            hallucination_silence_threshold=2.0)
+        return [FinalTranscript(i, p.text, p.start, p.end, p.words) for i, p in enumerate(self._clean(segments))]
+
+    async def transcribe_file_async(self, pcm: bytes | np.ndarray,
+                                    sample_rate: int = WHISPER_RATE) -> list[FinalTranscript]:
+        """transcribe_file in the engine's pool, for callers on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.transcribe_file, pcm, sample_rate)
+
+    def _clean(self, segments) -> list[_Piece]:
+        """Drop decoding loops, noise and known hallucinations; simplify characters."""
+        pieces = []
+        for seg in segments:
+            text = self._to_simplified(seg.text.strip())
+            if (not text or seg.compression_ratio > MAX_COMPRESSION_RATIO
+                    or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0)
+                    or any(h in text for h in HALLUCINATIONS)):
+                continue
+            words = tuple(Word(self._to_simplified(w.word.strip()), float(w.start), float(w.end),
+                               float(w.probability)) for w in (seg.words or ()) if w.word.strip())
+            start = words[0].start if words else float(seg.start)
+            end = words[-1].end if words else float(seg.end)
+            pieces.append(_Piece(text, start, end, words))
+        return pieces
+
+    async def _run(self, fn, *args):
+        if self._closed:
+            raise RuntimeError("WhisperEngine is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+class WhisperStream(RecognizerStream):
+    """VAD-segmented recogniser for one audio stream.
+
+    Feed silence too: the end of an utterance is found from `end_silence_ms` of trailing
+    non-speech (all-zero frames cost one comparison). The feed() call that completes an
+    utterance waits for its transcription; calls are serialised by an asyncio.Lock so the
+    audio buffer and the segmenter see chunks in order.
+    """
+
+    def __init__(self, engine: WhisperEngine, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._engine = engine
+        self._segmenter = Segmenter(sample_rate, aggressiveness=engine.vad_aggressiveness,
+                                    end_silence_ms=engine.end_silence_ms,
+                                    max_speech_ms=int(engine.max_segment_s * 1000))
+        self._lock = asyncio.Lock()
+        self._odd_byte = b""
+        self._audio = bytearray()   # recent audio: the open segment plus pre-roll history
+        self._audio_start = 0       # sample offset of self._audio[0]
+        self._segment_start: int | None = None
+        self._utterance = 0
+        self._closed = False
+
+    async def feed(self, pcm: bytes) -> list[SpeechEvent]:
+        pcm = self._odd_byte + bytes(pcm)
+        if len(pcm) % 2:
+            pcm, self._odd_byte = pcm[:-1], pcm[-1:]
+        else:
+            self._odd_byte = b""
+        async with self._lock:
+            if self._closed:
+                raise RuntimeError("stream is closed")
+            if not pcm:
+                return []
+            self._audio += pcm
+            events = await self._handle(self._segmenter.push(pcm))
+            self._trim()
+            return events
+
+    async def finish(self) -> list[SpeechEvent]:
+        """Transcribe the utterance in progress, if any. The stream stays usable."""
+        async with self._lock:
+            if self._closed:
+                return []
+            events = await self._handle(self._segmenter.flush())
+            self._trim()
+            return events
+
+    def close(self) -> None:
+        self._closed = True
+        self._audio = bytearray()
+
+    async def _handle(self, vad_events) -> list[SpeechEvent]:
+        out: list[SpeechEvent] = []
+        for event in vad_events:
+            if isinstance(event, SpeechStart):
+                self._segment_start = max(event.sample, self._audio_start)
+            elif isinstance(event, SpeechEnd) and self._segment_start is not None:
+                out += await self._transcribe(self._segment_start, event)
+                self._segment_start = None
+        return out
+
+    async def _transcribe(self, start: int, end: SpeechEnd) -> list[SpeechEvent]:
+        segment = bytes(self._audio[(start - self._audio_start) * 2:(end.sample - self._audio_start) * 2])
+        if len(segment) < self.sample_rate // 10 * 2:  # < 100 ms: nothing Whisper can use
+            return []
+        audio = to_whisper_audio(segment, self.sample_rate)
+        pieces = await self._engine._run(self._engine.transcribe_segment, audio)
+        if not pieces:
+            return []
+        offset, limit = start / self.sample_rate, end.sample / self.sample_rate
+        words = tuple(Word(w.text, min(offset + w.start, limit), min(offset + w.end, limit), w.confidence)
+                      for p in pieces for w in p.words)
+        text = "".join(p.text for p in pieces)
+        first = words[0].start if words else offset + pieces[0].start
+        last = words[-1].end if words else min(offset + pieces[-1].end, limit)
+        events: list[SpeechEvent] = [FinalTranscript(self._utterance, text, first, last, words),
+                                     EndOfSpeech(self._utterance, end.detected_at / self.sample_rate)]
+        self._utterance += 1
+        return events
+
+    def _trim(self) -> None:
+        """Keep the open segment, or (between segments) just enough history for pre-roll."""
+        position = self._audio_start + len(self._audio) // 2
+        keep_from = (self._segment_start if self._segment_start is not None
+                     else position - self._segmenter.history_samples)
+        drop = max(0, keep_from - self._audio_start)
+        if drop:
+            del self._audio[:drop * 2]
+            self._audio_start += drop
+
+
+def to_whisper_audio(pcm: bytes | np.ndarray, sample_rate: int) -> np.ndarray:
+    """16-bit PCM (bytes or array) or float audio at any rate -> float32 mono at 16 kHz."""
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    elif np.issubdtype(pcm.dtype, np.integer):
+        audio = pcm.astype(np.float32) / 32768.0
+    else:
+        audio = pcm.astype(np.float32, copy=False)
+    if sample_rate != WHISPER_RATE:
+        import soxr
+        audio = soxr.resample(audio, sample_rate, WHISPER_RATE).astype(np.float32, copy=False)
+    return audio
+
+
+def _simplifier():
+    import opencc
+    converter = opencc.OpenCC("t2s")
+    return converter.convert

@@ -109,7 +109,8 @@ class CallSession:
         finally:
             if self.recorder:
                 try:
-                    duration = self.recorder.close() or duration
+                    # FLAC is encoded on close: keep it off the event loop.
+                    duration = await asyncio.to_thread(self.recorder.close) or duration
                     recording = str(self.recorder.path)
                 except OSError as exc:
                     log.error("call %s: recording could not be finalised: %s", self.call_id, exc)

@@ -83,6 +83,7 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     interrupted = store.close_interrupted_calls()
     if interrupted:
         log.warning("%d call(s) were live when callassist last stopped; closed them out", interrupted)
+    _recover_recordings(store.recordings_dir)
     bus = EventBus()
     playbook = load_playbook()
     matcher = Matcher(playbook, threshold=config.matcher.threshold, use_pinyin=config.matcher.pinyin)
@@ -132,6 +133,18 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
         await runner.cleanup()
         engine.close()
         store.close()
+
+
+def _recover_recordings(recordings_dir: Path) -> None:
+    """Finish FLAC recordings a crash left as <name>.partial.wav (WAV files need nothing)."""
+    from ari_app.recorder import PARTIAL_SUFFIX, recover_partial
+    for live in recordings_dir.glob("*" + PARTIAL_SUFFIX):
+        target = live.with_name(live.name.removesuffix(PARTIAL_SUFFIX))
+        try:
+            if recover_partial(target):
+                log.warning("recovered the recording of an interrupted call: %s", target)
+        except (OSError, RuntimeError) as exc:
+            log.error("could not recover %s: %s", live, exc)
 
 
 def _report_failure(task: asyncio.Task) -> None:

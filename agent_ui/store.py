@@ -41,8 +41,8 @@ from agent_ui.auth import ROLES, SESSION_TTL, hash_token, new_token
 from agent_ui.migrations import MIGRATIONS
 from agent_ui.risk import call_risk
 from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted,
-                               CardConfirmed, CardFired, CardWithdrawn, TranscriptUpdate,
-                               event_to_dict)
+                               CardConfirmed, CardFired, CardWithdrawn, TranscriptRevised,
+                               TranscriptUpdate, event_to_dict)
 from prompts.normalize import normalize
 
 if TYPE_CHECKING:
@@ -274,6 +274,17 @@ class Store:
                 (e.call_id, e.speaker, e.utterance, e.text, e.start, e.end, search_form(e.text)))
         return None
 
+    def _on_transcript_revised(self, db: sqlite3.Connection, e: TranscriptRevised) -> None:
+        """The accurate post-call transcript replaces the live one (numbered per speaker)."""
+        db.execute("DELETE FROM utterances WHERE call_id = ?", (e.call_id,))
+        counters: dict[str, int] = {}
+        for line in e.lines:
+            index = counters[line.speaker] = counters.get(line.speaker, -1) + 1
+            db.execute(
+                """INSERT INTO utterances (call_id, speaker, utterance, text, start, "end", final,
+                                           search_text) VALUES (?, ?, ?, ?, ?, ?, 1, ?)""",
+                (e.call_id, line.speaker, index, line.text, line.start, line.end, search_form(line.text)))
+
     def _on_card_fired(self, db: sqlite3.Connection, e: CardFired) -> _Duplicate | None:
         c = e.card
         known = db.execute("SELECT call_id, status FROM cards WHERE card_id = ?", (c.card_id,)).fetchone()
@@ -321,6 +332,7 @@ class Store:
 
     _HANDLERS: dict[type, Callable[..., str | _Duplicate | None]] = {
         CallStarted: _on_call_started, AgentJoined: _on_agent_joined,
+        TranscriptRevised: _on_transcript_revised,
         TranscriptUpdate: _on_transcript, CardFired: _on_card_fired,
         CardConfirmed: _on_card_confirmed, CardWithdrawn: _on_card_withdrawn,
         CallEnded: _on_call_ended, CallFault: _on_call_fault,

@@ -117,12 +117,30 @@ class CallFault:
     at: float = field(default_factory=_now)
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    speaker: Speaker
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptRevised:
+    """The post-call engine re-transcribed the finished recording: these lines replace the
+    live transcript for QA (the cards stay as the agent saw them)."""
+    call_id: str
+    engine: str
+    lines: tuple[TranscriptLine, ...]
+    at: float = field(default_factory=_now)
+
+
 CallEvent = (CallStarted | AgentJoined | TranscriptUpdate | CardFired | CardConfirmed
-             | CardWithdrawn | CallEnded | CallFault)
+             | CardWithdrawn | CallEnded | CallFault | TranscriptRevised)
 
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     CallStarted, AgentJoined, TranscriptUpdate, CardFired, CardConfirmed, CardWithdrawn,
-    CallEnded, CallFault)}
+    CallEnded, CallFault, TranscriptRevised)}
 
 
 def event_to_dict(event: CallEvent) -> dict[str, Any]:
@@ -140,4 +158,6 @@ def event_from_dict(data: dict[str, Any]) -> CallEvent:
         card["script"] = tuple(card["script"])
         card["citations"] = tuple(CitationView(**c) for c in card["citations"])
         data["card"] = Card(**card)
+    elif cls is TranscriptRevised:
+        data["lines"] = tuple(TranscriptLine(**line) for line in data["lines"])
     return cls(**data)

@@ -98,6 +98,12 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     print(f"callassist: web app on {scheme}://{config.web.host}:{config.web.port}/", flush=True)
 
     tasks: list[asyncio.Task] = [asyncio.create_task(_purge_daily(store, config), name="retention")]
+    post_engine = config.asr.post_call_engine
+    if post_engine and post_engine != engine.name:
+        from asr import create_engine
+        from callassist.postcall import PostCallTranscriber
+        transcriber = PostCallTranscriber(lambda: create_engine(config, name=post_engine), matcher, bus)
+        tasks.append(asyncio.create_task(transcriber.run(), name="post-call"))
     ari = None
     if demo:
         from callassist.demo import run_demo_calls

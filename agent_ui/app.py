@@ -1,0 +1,74 @@
+"""The web app: agent screen, supervisor board, QA review, JSON API and /ws.
+
+    app = create_app(config, store, bus, playbook)
+    web.run_app(app, host=config.web.host, port=config.web.port, ssl_context=...)
+
+Pages (Chinese UI, plain ES modules, no build step):
+  GET  /login, POST /login, POST /logout, GET / (-> the role's home page)
+  GET  /agent                   agent: their live calls, prompt cards (roles agent, admin)
+  GET  /live/{call_id}          the same view of one call (whoever may view the call)
+  GET  /supervisor              every live call with risk and alerts (supervisor, admin)
+  GET  /qa                      call archive with filters and full-text search
+  GET  /qa/call/{call_id}       recording, transcript, trigger timeline, adherence, review
+  POST /qa/call/{call_id}/review
+  GET  /qa/call/{call_id}/export.{json,vtt,csv}
+  GET  /recordings/{call_id}    the call's recording (Range requests), from the DB path only
+JSON: GET /api/me, /api/meta, /api/calls, /api/calls/{call_id}, /api/live;
+      POST /api/cards/{card_id}/ack, /api/cards/{card_id}/feedback
+Websocket: GET /ws[?call=ID] (agent_ui.views.ws): stored events pushed as committed,
+routed by agent_ui.views.hub.LiveHub (one store listener for all sockets).
+
+With `bus`, the app records the bus into the store for its lifetime (store.run), so
+the screens see exactly what is stored; pass bus=None when something else runs the
+store's recorder.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent_ui.auth import LoginRateLimiter
+from agent_ui.security import (APP_CONFIG, APP_PLAYBOOK, APP_STORE, APP_TLS, add_security_headers,
+                               csrf_middleware, session_middleware)
+from agent_ui.views import agent, api, login, qa, supervisor, ws
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None) -> web.Application:
+    """`config`: callassist.config.Config; `store`: agent_ui.store.Store; `bus`:
+    callassist.bus.EventBus or None; `playbook`: prompts.playbook.Playbook (default: the
+    shipped playbook), for category names and script adherence."""
+    if playbook is None:
+        from prompts.playbook import load_playbook
+        playbook = load_playbook()
+    app = web.Application(middlewares=[session_middleware, csrf_middleware],
+                          client_max_size=MAX_REQUEST_BYTES)
+    app[APP_STORE] = store
+    app[APP_CONFIG] = config
+    app[APP_PLAYBOOK] = playbook
+    app[APP_TLS] = bool(config.web.tls_cert)
+    app[login.APP_LIMITER] = LoginRateLimiter(config.web.login_attempts_per_minute, store)
+    app.on_response_prepare.append(add_security_headers)
+    for module in (login, agent, supervisor, qa, api, ws):
+        module.setup(app)
+    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
+    if bus is not None:
+        app.cleanup_ctx.append(_recorder(store, bus))
+    return app
+
+
+def _recorder(store: Any, bus: Any):
+    async def record(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(store.run(bus), name="store-recorder")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return record

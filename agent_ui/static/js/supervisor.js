@@ -1,0 +1,158 @@
+// The supervisor board: every live call with its agent, ticking duration, triggers
+// and risk (the store's, refreshed from /api/live after card events); an alert with
+// sound when a call turns critical; click a call for its live transcript and cards.
+
+import { RISKS, beep, clock, el, getJSON } from './common.js';
+import { CallView, serverNow, setServerTime } from './live.js';
+import { LiveSocket } from './socket.js';
+
+const RISK_ORDER = { critical: 2, warning: 1, normal: 0 };
+const REFRESH_AFTER = ['CallStarted', 'AgentJoined', 'CardFired', 'CardConfirmed', 'CardWithdrawn', 'CallEnded'];
+
+const tbody = document.querySelector('#board tbody');
+const empty = document.getElementById('board-empty');
+const count = document.getElementById('board-count');
+const detail = document.getElementById('detail');
+const calls = new Map();        // call id -> {events, row, cells, risk, startedAt, cards, view}
+let opened = null;
+let ready = false;
+
+function entry(callId) {
+  let call = calls.get(callId);
+  if (call) return call;
+  const cells = {
+    risk: el('td', {}, el('span', { class: 'risk normal', text: RISKS.normal })),
+    agent: el('td', { class: 'agent', text: '—' }),
+    caller: el('td', { text: '' }),
+    duration: el('td', { class: 'duration', text: '00:00' }),
+    triggers: el('td', {}),
+  };
+  const row = el('tr', { dataset: { callId }, tabindex: '0', onclick: () => open(callId),
+    onkeydown: (e) => { if (e.key === 'Enter') open(callId); } }, Object.values(cells));
+  call = { callId, events: [], row, cells, risk: 'normal', startedAt: null, cards: new Map(), view: null, ended: false };
+  calls.set(callId, call);
+  tbody.append(row);
+  return call;
+}
+
+function apply(event) {
+  const call = entry(event.call_id);
+  call.events.push(event);
+  call.view?.apply(event);
+  switch (event.type) {
+    case 'CallStarted':
+      call.startedAt = event.at;
+      call.cells.caller.textContent = event.caller || '未知';
+      break;
+    case 'AgentJoined':
+      call.startedAt ??= event.at;
+      if (call.cells.agent.textContent === '—') call.cells.agent.textContent = event.endpoint;
+      break;
+    case 'CardFired': call.cards.set(event.card.card_id, event.card); break;
+    case 'CardWithdrawn': call.cards.delete(event.card_id); break;
+    case 'CallEnded':
+      call.ended = true;
+      call.row.classList.add('ended');
+      setTimeout(() => remove(call.callId), opened === call.callId ? 60000 : 3000);
+      break;
+  }
+  if (event.type.startsWith('Card')) renderTriggers(call);
+  if (ready && REFRESH_AFTER.includes(event.type)) scheduleRefresh();
+}
+
+function renderTriggers(call) {
+  const titles = new Map();
+  for (const card of call.cards.values()) titles.set(card.title, card.severity);
+  call.cells.triggers.replaceChildren(el('div', { class: 'chips' }, el('b', { text: String(call.cards.size) }),
+    [...titles].map(([title, severity]) => el('span', { class: `chip sev-${severity}`, text: title }))));
+}
+
+function remove(callId) {
+  const call = calls.get(callId);
+  if (!call || !call.ended) return;
+  call.row.remove();
+  calls.delete(callId);
+  if (opened === callId) { call.view?.destroy(); opened = null; }
+  updateCount();
+}
+
+function setRisk(call, risk, alert) {
+  if (call.risk === risk) return;
+  const turnedCritical = risk === 'critical' && call.risk !== 'critical';
+  call.risk = risk;
+  call.cells.risk.replaceChildren(el('span', { class: `risk ${risk}`, text: RISKS[risk] ?? risk }));
+  call.row.dataset.risk = risk;
+  if (turnedCritical && alert) {
+    call.row.classList.remove('alerting');
+    void call.row.offsetWidth;            // restart the flash animation
+    call.row.classList.add('alerting');
+    beep(3);
+    document.title = `⚠ 高风险通话 · ${document.title.replace(/^⚠ 高风险通话 · /, '')}`;
+  }
+}
+
+function sortRows() {
+  const rows = [...calls.values()].sort((a, b) =>
+    (RISK_ORDER[b.risk] - RISK_ORDER[a.risk]) || ((a.startedAt ?? 0) - (b.startedAt ?? 0)));
+  for (const call of rows) tbody.append(call.row);
+  updateCount();
+}
+
+function updateCount() {
+  const live = [...calls.values()].filter((c) => !c.ended).length;
+  count.textContent = `${live} 路`;
+  empty.hidden = calls.size > 0;
+}
+
+let refreshTimer = null;
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, 200);
+}
+
+async function refresh(alert = true) {
+  const { calls: live, server_time: serverTime } = await getJSON('/api/live');
+  setServerTime(serverTime);
+  for (const summary of live) {
+    const call = entry(summary.call_id);
+    call.startedAt ??= summary.started_at;
+    if (summary.caller) call.cells.caller.textContent = summary.caller;
+    const name = summary.agent_name || summary.agent_username;
+    call.cells.agent.replaceChildren(...(name
+      ? [el('b', { text: name }), el('small', { class: 'ep', text: summary.agent_endpoint })]
+      : [summary.agent_endpoint || '—']));
+    setRisk(call, summary.risk, alert);
+  }
+  sortRows();
+}
+
+function open(callId) {
+  const call = calls.get(callId);
+  if (!call) return;
+  if (opened) calls.get(opened)?.view?.destroy();
+  for (const other of calls.values()) other.row.classList.toggle('selected', other.callId === callId);
+  for (const other of calls.values()) if (other.callId !== callId) other.view = null;
+  call.view = new CallView(callId, { actions: false, sound: () => false });
+  for (const event of call.events) call.view.apply(event);
+  detail.replaceChildren(call.view.root, el('p', { class: 'meta' },
+    el('a', { href: `/live/${encodeURIComponent(callId)}`, target: '_blank', text: '在新窗口打开' })));
+  opened = callId;
+}
+
+setInterval(() => {
+  for (const call of calls.values()) {
+    if (call.startedAt && !call.ended) call.cells.duration.textContent = clock(serverNow() - call.startedAt);
+  }
+}, 1000);
+
+const socket = new LiveSocket({
+  onEvent: apply,
+  async onReady(message) {
+    setServerTime(message.server_time);
+    await refresh(ready);                 // first load: no alert for calls already critical
+    ready = true;
+    document.body.dataset.ready = '1';
+  },
+}).start();
+
+window.callassist = { socket, calls };

@@ -1,0 +1,116 @@
+"""QA review: the call archive (filters, Chinese full-text search), one call's page
+(recording, transcript, triggers on a timeline, script adherence, the reviewer's
+verdict), exports, and the recording itself.
+
+A recording is found only through the call's row in the database and served only if
+it lies inside data_dir/recordings: nothing from the request names a file.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent_ui.auth import can_review
+from agent_ui.security import (APP_PLAYBOOK, APP_STORE, REQ_CSRF, current_user, redirect,
+                               require_call)
+from agent_ui.views.api import BadRequest, adherence_window, call_detail
+from agent_ui.views.export import FORMATS
+from agent_ui.views.render import page
+
+log = logging.getLogger(__name__)
+
+VERDICTS = {"pass": "合格", "improve": "需改进", "fail": "不合格"}
+MAX_NOTES = 4000
+AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
+
+
+async def archive(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    return page(request, "qa_list.html", "质检回放", script="qa_list.js",
+                agent_filter_class="hidden" if user["role"] == "agent" else "")
+
+
+async def call_page(request: web.Request) -> web.StreamResponse:
+    call = require_call(request, request.match_info["call_id"])
+    reviewer = can_review(current_user(request))
+    return page(request, "qa_call.html", f"通话 {call['call_id']}", script="qa_call.js",
+                call_id=call["call_id"], can_review="1" if reviewer else "",
+                review_class="" if reviewer else "hidden", csrf=request.get(REQ_CSRF, ""))
+
+
+async def save_review(request: web.Request) -> web.StreamResponse:
+    call = require_call(request, request.match_info["call_id"])
+    user = current_user(request)
+    if not can_review(user):
+        raise web.HTTPForbidden(text="无权填写质检结论", content_type="text/plain")
+    if request.content_type == "application/json":
+        form: Any = await request.json()
+        if not isinstance(form, dict):
+            raise BadRequest("请求体应为 JSON 对象")
+    else:
+        form = await request.post()
+    verdict = str(form.get("verdict", ""))
+    notes = str(form.get("notes", ""))
+    if verdict not in VERDICTS:
+        raise BadRequest(f"verdict: 应为 {', '.join(VERDICTS)} 之一")
+    if len(notes) > MAX_NOTES:
+        raise BadRequest(f"notes: 最多 {MAX_NOTES} 字")
+    score = call_detail(call, request.app[APP_PLAYBOOK], adherence_window(request))["adherence"]["score"]
+    request.app[APP_STORE].save_review(call["call_id"], user["username"], verdict, notes, score)
+    log.info("review of call %s by %s: %s", call["call_id"], user["username"], verdict)
+    if request.content_type == "application/json":
+        return web.json_response({"ok": True, "verdict": verdict, "adherence_score": score})
+    return redirect(f"/qa/call/{call['call_id']}#review")
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    call = require_call(request, request.match_info["call_id"])
+    fmt = request.match_info["fmt"]
+    if fmt not in FORMATS:
+        raise web.HTTPNotFound()
+    formatter, content_type = FORMATS[fmt]
+    detail = call_detail(call, request.app[APP_PLAYBOOK], adherence_window(request))
+    safe_id = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in call["call_id"])
+    return web.Response(text=formatter(detail), content_type=content_type, charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="call-{safe_id}.{fmt}"'})
+
+
+def recording_file(store: Any, call: dict[str, Any]) -> Path | None:
+    """The call's recording if it exists inside the store's recordings folder."""
+    recorded = call.get("recording_path")
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if not path.is_absolute():
+        path = store.path.parent / path
+    try:
+        resolved = path.resolve(strict=True)
+        root = store.recordings_dir.resolve()
+    except OSError:
+        return None
+    if not resolved.is_relative_to(root) or not resolved.is_file():
+        log.warning("call %s: recording %s is outside %s; not served", call["call_id"], path, root)
+        return None
+    return resolved
+
+
+async def recording(request: web.Request) -> web.StreamResponse:
+    call = require_call(request, request.match_info["call_id"])
+    path = recording_file(request.app[APP_STORE], call)
+    if path is None:
+        raise web.HTTPNotFound(text="没有录音文件", content_type="text/plain")
+    response = web.FileResponse(path)      # answers Range requests (seeking in <audio>)
+    response.content_type = AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    response.headers["Content-Disposition"] = "inline"
+    return response
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/qa", archive)
+    app.router.add_get("/qa/call/{call_id}", call_page)
+    app.router.add_post("/qa/call/{call_id}/review", save_review)
+    app.router.add_get(r"/qa/call/{call_id}/export.{fmt}", export)
+    app.router.add_get("/recordings/{call_id}", recording)

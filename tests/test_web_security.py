@@ -1,0 +1,404 @@
+"""Web security without a browser: the real app on a real port, real HTTP.
+
+Default deny, CSRF, websocket origin, who sees which call, recording paths, login
+rate limiting, passwords out of logs, security headers, exports."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from yarl import URL
+
+from agent_ui.security import SESSION_COOKIE
+from callassist.bus import EventBus
+from callassist.events import CallEnded, CallStarted, TranscriptUpdate
+from web_fixtures import (PASSWORD, client_session, http_login, make_config, make_store,
+                          simulate_call, start_app, until, write_wav)
+
+MINE = "1700000000.11"         # zhang.wei's (PJSIP/1001) archived call, with a recording
+THEIRS = "1700000000.22"       # li.na's (PJSIP/1002) live call
+
+
+class Site:
+    pass
+
+
+@pytest_asyncio.fixture
+async def site(tmp_path):
+    s = Site()
+    s.config = make_config(tmp_path / "data", login_attempts_per_minute=3)
+    s.store = make_store(s.config)
+    s.bus = EventBus()
+    s.server = await start_app(s.config, s.store, s.bus,
+                               access_log=logging.getLogger("aiohttp.access"))
+    s.url = s.server.url
+    wav = write_wav(s.store.recordings_dir / f"{MINE}.wav", 4.0)
+    await simulate_call(s.bus, MINE, "PJSIP/1001", recording=wav)
+    await simulate_call(s.bus, THEIRS, "PJSIP/1002", end=False)
+    await until(lambda: (s.store.get_call(MINE) or {}).get("status") == "ended"
+                and len((s.store.get_call(THEIRS) or {}).get("cards", [])) >= 3)
+    s.card_mine = s.store.get_call(MINE)["cards"][0]["card_id"]
+    s.card_theirs = s.store.get_call(THEIRS)["cards"][0]["card_id"]
+    yield s
+    await s.server.stop()
+    s.store.close()
+
+
+def concrete(path: str, site: Site) -> str:
+    return (path.replace("{call_id}", MINE).replace("{card_id}", site.card_mine)
+            .replace("{fmt}", "json"))
+
+
+# --- default deny -----------------------------------------------------------------------
+
+async def test_every_route_without_a_session_is_refused(site):
+    app = site.server.app
+    checked = 0
+    async with client_session() as http:
+        for route in app.router.routes():
+            info = route.resource.get_info() if route.resource else {}
+            path = info.get("path") or info.get("formatter") or info.get("prefix")
+            if route.method == "HEAD" or path in ("/login",) or path.startswith("/static"):
+                continue
+            url = site.url + concrete(path, site)
+            async with http.request(route.method, url, allow_redirects=False,
+                                    headers={"Origin": site.url}) as response:
+                body = await response.text()
+                if route.method == "GET" and not path.startswith(("/api/", "/ws", "/recordings/")) \
+                        and "/export." not in path:
+                    assert response.status == 302, path
+                    assert response.headers["Location"].startswith("/login?next="), path
+                else:
+                    assert response.status == 401, (route.method, path, response.status)
+                assert "媒体" not in body and "RIFF" not in body
+                checked += 1
+    assert checked >= 15
+
+
+async def test_static_files_are_public_but_do_not_escape_their_folder(site):
+    async with client_session() as http:
+        async with http.get(site.url + "/static/js/common.js") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith(("application/javascript", "text/javascript"))
+        for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py"):
+            async with http.get(URL(site.url + path, encoded=True)) as response:
+                assert response.status in (403, 404), path
+                assert "create_app" not in await response.text()
+
+
+# --- CSRF -------------------------------------------------------------------------------
+
+async def test_state_changes_need_the_csrf_token(site):
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "zhang.wei")
+        ack = f"{site.url}/api/cards/{site.card_mine}/ack"
+        async with http.post(ack) as response:
+            assert response.status == 403
+        async with http.post(ack, headers={"X-CSRF-Token": "forged"}) as response:
+            assert response.status == 403
+        assert site.store.get_card(site.card_mine)["acknowledged_by"] is None
+        async with http.post(ack, headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 200
+        assert site.store.get_card(site.card_mine)["acknowledged_by"] == "zhang.wei"
+        async with http.post(f"{site.url}/logout", allow_redirects=False) as response:
+            assert response.status == 403                     # logout is a state change too
+
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "zhao.min")
+        review = f"{site.url}/qa/call/{MINE}/review"
+        async with http.post(review, data={"verdict": "fail"}, allow_redirects=False) as response:
+            assert response.status == 403
+        assert site.store.get_call(MINE)["review"] is None
+        async with http.post(review, data={"verdict": "fail", "csrf_token": csrf},
+                             allow_redirects=False) as response:
+            assert response.status == 303
+        assert site.store.get_call(MINE)["review"]["verdict"] == "fail"
+
+
+async def test_login_form_needs_its_token(site):
+    async with client_session() as http:
+        async with http.post(f"{site.url}/login", data={"username": "zhang.wei", "password": PASSWORD},
+                             allow_redirects=False) as response:
+            assert response.status == 403
+            assert SESSION_COOKIE not in response.cookies
+
+
+async def test_websocket_from_another_origin_is_refused(site):
+    async with client_session() as http:
+        await http_login(http, site.url, "wang.qiang")
+        for origin in ("http://evil.example", None):
+            headers = {"Origin": origin} if origin else {}
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(site.url + "/ws", headers=headers)
+            assert refused.value.status == 403
+        ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_json({"last_seq": 0})
+        await ws.close()
+
+
+# --- who sees which call ----------------------------------------------------------------
+
+async def test_agents_see_only_their_own_calls(site):
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "li.na")
+        for path in (f"/qa/call/{MINE}", f"/live/{MINE}", f"/api/calls/{MINE}", f"/recordings/{MINE}",
+                     f"/qa/call/{MINE}/export.vtt", f"/qa/call/{MINE}/export.csv"):
+            async with http.get(site.url + path, allow_redirects=False) as response:
+                assert response.status == 403, path
+        async with http.post(f"{site.url}/api/cards/{site.card_mine}/ack",
+                             headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 403
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{site.url}/ws?call={MINE}", origin=site.url)
+        assert refused.value.status == 403
+        async with http.get(f"{site.url}/api/calls") as response:
+            listed = {c["call_id"] for c in (await response.json())["calls"]}
+        assert listed == {THEIRS}
+        async with http.get(f"{site.url}/api/calls?agent=zhang.wei") as response:
+            assert {c["call_id"] for c in (await response.json())["calls"]} == set()
+        # her own live call: yes
+        async with http.get(f"{site.url}/live/{THEIRS}") as response:
+            assert response.status == 200
+
+        # her socket carries her calls' events only
+        ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_json({"last_seq": 0, "calls": [MINE]})
+        other = "1700000000.33"
+        await simulate_call(site.bus, other, "PJSIP/1001", seconds=4.0)
+        site.bus.publish(CallEnded(THEIRS, 16.0))
+        seen: set[str] = set()
+        while True:
+            message = await ws.receive_json(timeout=10)
+            if "event" in message:
+                seen.add(message["event"]["call_id"])
+                if message["event"]["type"] == "CallEnded":
+                    break
+        await ws.close()
+        assert seen == {THEIRS}
+
+
+async def test_qa_sees_the_archive_not_live_calls(site):
+    async with client_session() as http:
+        await http_login(http, site.url, "zhao.min")
+        async with http.get(f"{site.url}/api/calls/{MINE}") as response:
+            assert response.status == 200
+        async with http.get(f"{site.url}/api/calls/{THEIRS}") as response:
+            assert response.status == 403
+        async with http.get(f"{site.url}/supervisor", allow_redirects=False) as response:
+            assert response.status == 403
+        async with http.get(f"{site.url}/api/calls") as response:
+            assert {c["call_id"] for c in (await response.json())["calls"]} == {MINE}
+
+
+async def test_supervisor_sees_every_live_call(site):
+    async with client_session() as http:
+        await http_login(http, site.url, "wang.qiang")
+        async with http.get(f"{site.url}/api/live") as response:
+            live = (await response.json())["calls"]
+        assert [c["call_id"] for c in live] == [THEIRS]
+        assert live[0]["risk"] == "critical" and "recording_path" not in live[0]
+
+
+async def read_until_ready(ws) -> list[dict]:
+    messages = []
+    while (message := await ws.receive_json(timeout=10)).get("type") != "ready":
+        messages.append(message)
+    return messages
+
+
+async def test_websocket_reconnect_replays_only_what_was_missed(site):
+    async with client_session() as http:
+        await http_login(http, site.url, "li.na")
+        ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_json({"last_seq": 0})
+        first = [m["seq"] for m in await read_until_ready(ws)]
+        await ws.close()
+        assert first and first == sorted(set(first))
+        site.bus.publish(TranscriptUpdate(THEIRS, "agent", 50, "好的 我 记下 了", 20.0, 21.0, True))
+        site.bus.publish(CallEnded(THEIRS, 22.0))
+        await until(lambda: site.store.get_call(THEIRS)["status"] == "ended")
+        # the call has ended: it is replayed because the client still shows it
+        ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_json({"last_seq": first[-1], "calls": [THEIRS]})
+        replay = await read_until_ready(ws)
+        await ws.close()
+        assert [m["event"]["type"] for m in replay] == ["TranscriptUpdate", "CallEnded"]
+        assert all(m["seq"] > first[-1] for m in replay)
+
+
+# --- recordings -------------------------------------------------------------------------
+
+async def test_recording_download_by_call_id_only(site, tmp_path):
+    secret = tmp_path / "secret.wav"
+    write_wav(secret, 1.0)
+    site.bus.publish(CallStarted("evil-1"))
+    site.bus.publish(CallEnded("evil-1", 1.0, recording="../../../../../../etc/passwd"))
+    site.bus.publish(CallStarted("evil-2"))
+    site.bus.publish(CallEnded("evil-2", 1.0, recording=str(secret)))
+    link = site.store.recordings_dir / "link.wav"
+    os.symlink(secret, link)
+    site.bus.publish(CallStarted("evil-3"))
+    site.bus.publish(CallEnded("evil-3", 1.0, recording=str(link)))
+    await until(lambda: (site.store.get_call("evil-3") or {}).get("status") == "ended")
+    async with client_session() as http:
+        await http_login(http, site.url, "root")
+        for call_id in ("evil-1", "evil-2", "evil-3"):
+            async with http.get(f"{site.url}/recordings/{call_id}") as response:
+                assert response.status == 404, call_id
+                assert b"root:" not in await response.read()
+        for raw in ("/recordings/..%2F..%2F..%2Fetc%2Fpasswd", "/recordings/../../etc/passwd",
+                    f"/recordings/{MINE}%2F..%2F..%2Fcallassist.db", "/recordings/%2Fetc%2Fpasswd"):
+            async with http.get(URL(site.url + raw, encoded=True)) as response:
+                assert response.status == 404, raw
+                assert b"root:" not in await response.read()
+        # the real one, with Range (seeking)
+        async with http.get(f"{site.url}/recordings/{MINE}", headers={"Range": "bytes=0-11"}) as response:
+            assert response.status == 206
+            assert response.headers["Content-Type"] == "audio/wav"
+            assert (await response.read())[:4] == b"RIFF"
+
+
+# --- login --------------------------------------------------------------------------------
+
+async def login_attempt(http, url, username, password):
+    async with http.get(f"{url}/login") as response:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await response.text()).group(1)
+    async with http.post(f"{url}/login", allow_redirects=False, data={
+            "username": username, "password": password, "csrf_token": token}) as response:
+        return response.status, response.headers
+
+
+async def test_login_is_rate_limited(site):
+    async with client_session() as http:
+        for _ in range(3):
+            status, _ = await login_attempt(http, site.url, "zhang.wei", "wrong-password")
+            assert status == 401
+        status, headers = await login_attempt(http, site.url, "zhang.wei", PASSWORD)
+        assert status == 429 and int(headers["Retry-After"]) > 0
+
+
+async def test_passwords_are_never_logged(site, caplog):
+    caplog.set_level(logging.DEBUG)
+    wrong = "Wr0ng-Pa55word-Zebra"
+    async with client_session() as http:
+        assert (await login_attempt(http, site.url, "zhang.wei", wrong))[0] == 401
+        assert (await login_attempt(http, site.url, "nobody", wrong))[0] == 401
+        assert (await login_attempt(http, site.url, "li.na", PASSWORD))[0] == 303
+    assert "POST /login" in caplog.text                       # the access log did run
+    assert wrong not in caplog.text and PASSWORD not in caplog.text
+    with open(site.store.path, "rb") as db:
+        assert PASSWORD.encode() not in db.read()
+
+
+async def test_login_redirects_only_to_local_pages_and_logout_ends_the_session(site):
+    async with client_session() as http:
+        async with http.get(f"{site.url}/login") as response:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', await response.text()).group(1)
+        async with http.post(f"{site.url}/login", allow_redirects=False, data={
+                "username": "wang.qiang", "password": PASSWORD, "csrf_token": token,
+                "next": "//evil.example/x"}) as response:
+            assert response.headers["Location"] == "/supervisor"
+            cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+        async with http.get(f"{site.url}/supervisor") as response:
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', await response.text()).group(1)
+        async with http.post(f"{site.url}/logout", data={"csrf_token": csrf},
+                             allow_redirects=False) as response:
+            assert response.status == 303
+    assert site.store.get_session(cookie.split("=", 1)[1].split(";")[0]) is None
+
+
+async def test_session_cookie_is_secure_with_tls(tmp_path):
+    config = make_config(tmp_path, tls_cert="cert.pem", tls_key="key.pem")
+    store = make_store(config)
+    server = await start_app(config, store, EventBus())
+    try:
+        async with aiohttp.ClientSession() as http:       # cookies by hand: this test server is plain HTTP
+            async with http.get(f"{server.url}/login") as response:
+                assert "Secure" in response.headers["Set-Cookie"]
+                token = re.search(r'name="csrf_token" value="([^"]+)"', await response.text()).group(1)
+            async with http.post(f"{server.url}/login", allow_redirects=False,
+                                 headers={"Cookie": f"ca_login_csrf={token}"},
+                                 data={"username": "zhang.wei", "password": PASSWORD,
+                                       "csrf_token": token}) as response:
+                assert response.status == 303
+                cookie = response.headers["Set-Cookie"]
+                assert cookie.startswith(SESSION_COOKIE)
+                assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+                assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    finally:
+        await server.stop()
+        store.close()
+
+
+# --- headers and pages --------------------------------------------------------------------
+
+async def test_security_headers_and_no_inline_script(site):
+    async with client_session() as http:
+        await http_login(http, site.url, "root")
+        for path in ("/login", "/agent", "/supervisor", "/qa", f"/qa/call/{MINE}", "/api/live",
+                     "/static/css/app.css", "/nowhere"):
+            async with http.get(site.url + path) as response:
+                headers = response.headers
+                csp = headers["Content-Security-Policy"]
+                assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+                assert "frame-ancestors 'none'" in csp
+                assert headers["X-Frame-Options"] == "DENY"
+                assert headers["X-Content-Type-Options"] == "nosniff"
+                if headers["Content-Type"].startswith("text/html"):
+                    html = await response.text()
+                    for tag in re.findall(r"<script[^>]*>", html):
+                        assert 'src="/static/' in tag, (path, tag)
+                    tags = " ".join(re.findall(r"<[a-z][^>]*>", html))
+                    assert not re.search(r"\s(on[a-z]+|style)\s*=", tags), path
+
+
+async def test_bad_requests_get_clear_errors(site):
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "zhang.wei")
+        async with http.get(f"{site.url}/api/calls?from=yesterday") as response:
+            assert response.status == 400 and "from" in (await response.json())["error"]
+        async with http.post(f"{site.url}/api/cards/{site.card_mine}/feedback", data="nope",
+                             headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"}) as response:
+            assert response.status == 400
+        async with http.post(f"{site.url}/api/cards/no-such-card/ack",
+                             headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 404
+        ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_str("not json")
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4400
+
+
+# --- exports --------------------------------------------------------------------------------
+
+async def test_exports(site):
+    site.bus.publish(CallStarted("formula"))
+    site.bus.publish(TranscriptUpdate("formula", "customer", 0, "=HYPERLINK(\"x\") 我 要 投诉", 0.0, 1.0, True))
+    site.bus.publish(CallEnded("formula", 1.0))
+    await until(lambda: (site.store.get_call("formula") or {}).get("status") == "ended")
+    async with client_session() as http:
+        await http_login(http, site.url, "zhao.min")
+        async with http.get(f"{site.url}/qa/call/{MINE}/export.vtt") as response:
+            vtt = await response.text()
+            assert response.headers["Content-Type"].startswith("text/vtt")
+            assert "attachment" in response.headers["Content-Disposition"]
+        assert vtt.startswith("WEBVTT\n")
+        assert "<v 客户>你们再不解决我就找媒体曝光" in vtt and "<v 坐席>" in vtt
+        assert re.search(r"NOTE 触发 00:00:06\.500 \[严重\] 媒体曝光威胁", vtt)
+        assert re.search(r"\n00:00:06\.500 --> 00:00:09\.000\n", vtt)
+        async with http.get(f"{site.url}/qa/call/{MINE}/export.json") as response:
+            data = json.loads(await response.text())
+        assert data["call_id"] == MINE and data["adherence"]["score"] is not None
+        assert "recording_path" not in data
+        async with http.get(f"{site.url}/qa/call/formula/export.csv") as response:
+            rows = list(csv.reader(io.StringIO((await response.text()).lstrip("\ufeff"))))
+        assert rows[0][:5] == ["kind", "start", "end", "speaker", "text"]
+        assert rows[1][4].startswith("'=HYPERLINK")              # no formula in spreadsheets

@@ -8,6 +8,7 @@ saw live. Times published are seconds on the call's timeline (the recording's).
 """
 from __future__ import annotations
 
+import asyncio
 import bisect
 import datetime as dt
 import logging
@@ -21,7 +22,7 @@ import webrtcvad
 from asr.engine import RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent
 from callassist.audio import PIPELINE_RATE
-from callassist.events import SPEAKERS, CallEvent, Speaker, TranscriptUpdate
+from callassist.events import SPEAKERS, CallEvent, CallFault, Speaker, TranscriptUpdate
 from prompts.matcher import CallMatcher, Matcher
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,12 @@ class Leg:
 
 
 class CallPipeline:
+    """Two ways in: `feed` decodes before it returns (file analysis: deterministic, paced
+    by the decoder); `submit` queues and returns at once (live sources: the RTP receiver
+    and the recorder must never wait for a recogniser, and Whisper decodes a whole
+    segment at a time). The live queue is unbounded on purpose: audio is never dropped,
+    a recogniser that falls behind only delays its cards. `finish` drains it first."""
+
     def __init__(self, call_id: str, engine: SpeechEngine, matcher: Matcher, publish: Publish,
                  *, skip_silence: bool = True, day: dt.date | None = None) -> None:
         self.call_id = call_id
@@ -146,22 +153,55 @@ class CallPipeline:
         self._legs = {speaker: Leg(speaker, engine.open_stream(PIPELINE_RATE, label=speaker), skip_silence)
                       for speaker in SPEAKERS}
         self._finished = False
+        self._queues: dict[Speaker, asyncio.Queue[bytes | None]] = {}
+        self._workers: dict[Speaker, asyncio.Task] = {}
 
     def start_leg(self, speaker: Speaker, offset: float) -> None:
         """Place a leg that starts late (the agent's) on the call timeline; call before its first feed."""
         self._legs[speaker].offset = offset
 
     async def feed(self, speaker: Speaker, pcm: bytes) -> None:
-        """16-bit native-endian mono PCM at 16 kHz, any chunk size, in order per leg."""
+        """16-bit native-endian mono PCM at 16 kHz, any chunk size, in order per leg.
+        Do not mix with `submit` on the same leg."""
         if self._finished:
             return
         leg = self._legs[speaker]
         self._handle(leg, await leg.feed(pcm))
 
-    async def finish(self) -> None:
-        """Flush both recognisers and close them. Idempotent."""
+    def submit(self, speaker: Speaker, pcm: bytes) -> None:
+        """Queue audio for decoding and return at once (see the class docstring)."""
         if self._finished:
             return
+        queue = self._queues.get(speaker)
+        if queue is None:
+            queue = self._queues[speaker] = asyncio.Queue()
+            self._workers[speaker] = asyncio.create_task(
+                self._decode_queued(speaker, queue), name=f"decode-{self.call_id}-{speaker}")
+        queue.put_nowait(pcm)
+
+    @property
+    def backlog(self) -> float:
+        """Seconds of submitted audio not decoded yet (both legs)."""
+        return sum(len(b) for q in self._queues.values() for b in q._queue if b) / 2 / PIPELINE_RATE
+
+    async def _decode_queued(self, speaker: Speaker, queue: asyncio.Queue[bytes | None]) -> None:
+        while (pcm := await queue.get()) is not None:
+            try:
+                await self.feed(speaker, pcm)
+            except Exception as exc:    # the recogniser failed: say so, keep the call going
+                log.exception("call %s: speech recognition failed on the %s leg", self.call_id, speaker)
+                self._publish(CallFault(self.call_id, f"speech recognition failed on the {speaker} leg: {exc}"))
+                while await queue.get() is not None:
+                    pass                # drain without decoding until finish()
+                return
+
+    async def finish(self) -> None:
+        """Decode what is queued, flush both recognisers and close them. Idempotent."""
+        if self._finished:
+            return
+        for queue in self._queues.values():
+            queue.put_nowait(None)
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
         self._finished = True
         for leg in self._legs.values():
             try:
@@ -172,6 +212,8 @@ class CallPipeline:
     def close(self) -> None:
         """Abandon without flushing (call torn down abnormally)."""
         self._finished = True
+        for task in self._workers.values():
+            task.cancel()
         for leg in self._legs.values():
             leg.stream.close()
 

@@ -29,10 +29,8 @@ class Recorder(Protocol):
 
 
 class CallSession:
-    """Audio is recorded as it arrives; recognition runs in one task per leg behind a
-    queue, so a slow decode (Whisper transcribes a whole segment at once) never holds
-    up the recording or the RTP receiver. The queue is unbounded on purpose: audio is
-    never dropped, a recogniser that falls behind only delays its cards."""
+    """Audio is recorded as it arrives and submitted to the pipeline's queue, so a slow
+    decode never holds up the recording or the audio source."""
 
     def __init__(self, call_id: str, pipeline: CallPipeline, publish: Publish,
                  recorder: Recorder | None = None) -> None:
@@ -43,8 +41,6 @@ class CallSession:
         self._started = time.monotonic()
         self._received: dict[str, int] = {}     # samples received per leg
         self._offsets: dict[str, int] = {}      # where each leg starts on the call timeline
-        self._queues: dict[str, asyncio.Queue[bytes | None]] = {}
-        self._decoders: dict[str, asyncio.Task] = {}
         self.ended = False
 
     def start(self, caller: str = "", source: str = "ari") -> None:
@@ -76,23 +72,7 @@ class CallSession:
             first = self._received[speaker] == 0
             self.recorder.write(speaker, pcm, self._offsets[speaker] if first else None)
         self._received[speaker] += len(pcm) // 2
-        if speaker not in self._queues:
-            self._queues[speaker] = asyncio.Queue()
-            self._decoders[speaker] = asyncio.create_task(
-                self._decode(speaker, self._queues[speaker]), name=f"decode-{self.call_id}-{speaker}")
-        self._queues[speaker].put_nowait(pcm)
-
-    @property
-    def backlog(self) -> float:
-        """Seconds of audio waiting for the recognisers (both legs)."""
-        return sum(len(b) for q in self._queues.values() for b in q._queue if b) / 2 / PIPELINE_RATE
-
-    async def _decode(self, speaker: Speaker, queue: asyncio.Queue[bytes | None]) -> None:
-        while (pcm := await queue.get()) is not None:
-            try:
-                await self.pipeline.feed(speaker, pcm)
-            except Exception:           # a decoder fault must not end the call or the recording
-                log.exception("call %s: recognition failed on the %s leg", self.call_id, speaker)
+        self.pipeline.submit(speaker, pcm)
 
     async def end(self) -> None:
         """Flush recognition, close the recording, announce the end. Idempotent."""
@@ -102,9 +82,6 @@ class CallSession:
         duration = self.now_sample() / PIPELINE_RATE
         recording = None
         try:
-            for queue in self._queues.values():
-                queue.put_nowait(None)
-            await asyncio.gather(*self._decoders.values(), return_exceptions=True)
             await self.pipeline.finish()
         finally:
             if self.recorder:
@@ -119,6 +96,4 @@ class CallSession:
     def abort(self) -> None:
         """Tear down without flushing (the app is shutting down mid-call)."""
         self.ended = True
-        for task in self._decoders.values():
-            task.cancel()
         self.pipeline.close()

@@ -155,3 +155,35 @@ async def test_partial_that_may_grow_into_an_exclusion_waits(matcher):
     await feed_in_frames(pipeline, "customer", voiced(4))
     await pipeline.finish()
     assert [e.card.category for e in events if isinstance(e, CardFired)] == ["regulator_complaint"]
+
+
+class GatedStream(RunStream):
+    """A recogniser that cannot decode until the test opens the gate (a Whisper decode
+    taking seconds on a busy machine)."""
+
+    def __init__(self, gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def feed(self, pcm: bytes) -> list:
+        await self.gate.wait()
+        return await super().feed(pcm)
+
+
+async def test_submit_never_waits_for_the_recogniser_and_finish_drains(matcher):
+    import asyncio
+
+    gate = asyncio.Event()
+    engine = RunEngine()
+    engine.open_stream = lambda rate, label="": engine.streams.setdefault(label, GatedStream(gate))
+    events = []
+    pipeline = CallPipeline("c6", engine, matcher, events.append)
+    audio = np.concatenate([silence(1), voiced(1), silence(2)])
+    for pos in range(0, len(audio), 320):
+        pipeline.submit("customer", audio[pos:pos + 320].tobytes())   # returns at once
+    await asyncio.sleep(0.05)
+    assert pipeline.backlog > 2.5, "the speech and what follows wait for the recogniser"
+    gate.set()
+    await pipeline.finish()
+    finals = [e for e in events if isinstance(e, TranscriptUpdate) and e.final]
+    assert [round(e.start, 1) for e in finals] == [1.0]

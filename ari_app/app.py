@@ -1,0 +1,560 @@
+"""The ARI application: taps each customer call and its agent leg, feeds the speech
+pipeline and the recorder, and keeps Asterisk free of anything it left behind.
+
+    customer StasisStart -> subscribe channel:{id} -> tap customer (snoop spy=in ...)
+                         -> continue (the dialplan goes on: Queue/Dial as before)
+    Dial ANSWER (peer)   -> AgentJoined -> tap the agent channel the same way
+    hangup               -> delete externalMedia channels and bridges, close RTP,
+                            finish the pipeline, close the recording -> CallEnded
+
+A supervisor keeps the events websocket up: on a drop it reconnects with exponential
+backoff and jitter, then resynchronises from GET /channels and /bridges (calls whose
+customer is gone are closed out, broken taps are re-made, an agent answered while we
+were away is found in its Dial bridge, customers left waiting in Stasis are taken on,
+and our own channels and bridges that belong to no call are deleted: that is also the
+start-up sweep after a crash). The same resync runs every `resync_interval` seconds
+as a safety net.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ari_app.calls import (STASIS_START_WAIT, Call, LegMedia, LegTap, PipelineLike, StasisWaiter,
+                           TapAborted, TapFailed, Tapper)
+from ari_app.client import AriClient, AriDisconnected, AriError, AriNotFound, EventSocket
+from ari_app.models import AriEvent, Bridge, Channel, OwnIds
+from ari_app.ports import PortPool
+from ari_app.recorder import CallRecorder
+from callassist.bus import EventBus
+from callassist.config import Config
+from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted, CardFired,
+                               Speaker)
+
+log = logging.getLogger(__name__)
+
+CONTINUE_DEADLINE = 3.0     # the caller waits at most this long for the customer tap
+PipelineFactory = Callable[[str], PipelineLike]
+
+
+@dataclass
+class ResyncReport:
+    reason: str
+    channels: int = 0
+    bridges: int = 0
+    closed: int = 0            # calls whose customer was gone
+    retapped: int = 0          # legs re-tapped
+    agents_found: int = 0      # agents answered while we were away
+    adopted: int = 0           # customers found waiting in our Stasis app
+    swept_channels: int = 0
+    swept_bridges: int = 0
+
+
+class AriApp:
+    def __init__(self, config: Config, bus: EventBus, pipeline_factory: PipelineFactory | None = None,
+                 recordings_dir: str | Path | None = None, *, client: AriClient | None = None,
+                 ports: PortPool | None = None, resync_interval: float = 60.0) -> None:
+        if client is None and not config.ari.url:
+            raise ValueError("[ari] url is empty: set it to Asterisk's HTTP address, "
+                             "e.g. http://127.0.0.1:8088")
+        self.config = config
+        self.bus = bus
+        self.pipeline_factory = pipeline_factory
+        self.recordings_dir = Path(recordings_dir) if recordings_dir is not None else None
+        self.ari = client or AriClient.from_config(config.ari)
+        self.app_name = config.ari.app
+        self.ids = OwnIds(self.app_name)
+        self.ports = ports or PortPool.from_config(config.rtp)
+        self.waiter = StasisWaiter()
+        self.tapper = Tapper(self.ari, self.ids, self.ports, self.waiter, config.rtp.advertise_host,
+                             self._publish)
+        self.resync_interval = resync_interval
+        self.calls: dict[str, Call] = {}          # by call id (the customer channel's id)
+        self.disconnects = 0
+        self.last_resync: ResyncReport | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._supervisor: asyncio.Task | None = None
+        self._cue_task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    @classmethod
+    def from_config(cls, config: Config, bus: EventBus, engine: Any, matcher: Any,
+                    recordings_dir: str | Path | None, **kwargs: Any) -> "AriApp":
+        """The production wiring: one CallPipeline per call on the shared engine and matcher."""
+        from callassist.pipeline import CallPipeline
+
+        def pipeline(call_id: str) -> PipelineLike:
+            return CallPipeline(call_id, engine, matcher, bus.publish)
+        return cls(config, bus, pipeline, recordings_dir, **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the supervisor (connect, sweep, then follow events); returns at once."""
+        if self._supervisor is not None:
+            raise RuntimeError("AriApp already started")
+        self._stopping = False
+        self._supervisor = asyncio.create_task(self._supervise(), name="ari-supervisor")
+        if self.config.cue.enabled:
+            self._cue_task = asyncio.create_task(self._cue_loop(self.bus.subscribe()), name="ari-cue")
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Until the events websocket is up and the first resync/sweep is done."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def stop(self) -> None:
+        """Close every call (their taps are removed from Asterisk; the calls themselves go on),
+        publish CallEnded for each, stop the supervisor and close every socket."""
+        self._stopping = True
+        for task in (self._supervisor, self._cue_task):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._supervisor, self._cue_task) if t), return_exceptions=True)
+        self._supervisor = self._cue_task = None
+        self._ready.clear()
+        await asyncio.gather(*(self._end_call(call, "callassist stopping") for call in list(self.calls.values())),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        await self.ports.close_all()
+        await self.ari.close()
+
+    @property
+    def open_tasks(self) -> int:
+        return len(self._tasks)
+
+    # -- supervisor ----------------------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        cfg = self.config.ari
+        base = min(cfg.reconnect_max_delay, cfg.reconnect_initial_delay * 2 ** max(attempt - 1, 0))
+        return min(cfg.reconnect_max_delay, base * random.uniform(0.8, 1.2))
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        first = True
+        while True:
+            try:
+                socket = await self.ari.connect_events()
+            except AriError as exc:
+                attempt += 1
+                delay = self._backoff(attempt)
+                if exc.status == 401:
+                    log.error("ARI refused user %r (401): check [ari] username/password; "
+                              "retrying in %.2f s", self.config.ari.username, delay)
+                else:
+                    log.warning("ARI events: cannot connect to %s (%s); retrying in %.2f s",
+                                self.ari.events_url, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            log.info("ARI events: connected to %s as app %r%s", self.ari.events_url, self.app_name,
+                     f" after {attempt} failed attempt(s)" if attempt else "")
+            periodic: asyncio.Task | None = None
+            try:
+                await self.resync("start-up" if first else "reconnect")
+                first = False
+                attempt = 0
+                self._ready.set()
+                periodic = asyncio.create_task(self._periodic_resync(), name="ari-resync")
+                await self._consume(socket)
+            except AriDisconnected as exc:
+                log.warning("ARI events: %s", exc)
+            except AriError as exc:
+                log.warning("ARI resync failed: %s", exc)
+            finally:
+                self._ready.clear()
+                if periodic is not None:
+                    periodic.cancel()
+                await socket.close()
+            self.disconnects += 1
+            attempt += 1
+            delay = self._backoff(attempt)
+            log.warning("ARI events: reconnecting in %.2f s (%d call(s) tracked)", delay, len(self.calls))
+            await asyncio.sleep(delay)
+
+    async def _consume(self, socket: EventSocket) -> None:
+        async for event in socket:
+            try:
+                self._dispatch(event)
+            except Exception:
+                log.exception("ARI event %s not handled", event.type)
+        raise AriDisconnected("events websocket ended")
+
+    async def _periodic_resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            try:
+                await self.resync("periodic")
+            except AriError as exc:
+                log.warning("periodic resync failed: %s", exc)
+
+    # -- event dispatch (synchronous: slow work goes to tasks) -----------------------------------
+    def _dispatch(self, event: AriEvent) -> None:
+        kind, channel = event.type, event.channel
+        if kind == "StasisStart" and channel is not None:
+            if self.ids.is_ours(channel.id):
+                self.waiter.started(channel.id)
+            else:
+                self._on_customer(channel)
+        elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest") and channel is not None:
+            if kind == "ChannelHangupRequest" and event.raw.get("soft"):
+                return                               # a soft hangup request moves, not ends
+            if self.ids.is_ours(channel.id):
+                if kind != "ChannelHangupRequest":
+                    self._on_own_channel_end(channel.id)
+            elif kind != "StasisEnd":                # the customer's StasisEnd is our continue
+                self._on_party_hangup(channel.id, kind)
+        elif kind == "Dial":
+            self._on_dial(event)
+        elif kind == "ApplicationReplaced":
+            # Asterisk sends this app's events to the newer websocket from now on (two
+            # callassist instances on one app name?): this one hears nothing until it reconnects.
+            log.error("ARI: another client registered app %r and now gets its events; this "
+                      "instance is deaf until its websocket reconnects", self.app_name)
+
+    def _on_customer(self, channel: Channel) -> None:
+        if channel.id in self.calls:
+            return
+        if self._stopping:
+            self._spawn(self._continue(channel.id))
+            return
+        loop = asyncio.get_running_loop()
+        call = Call(call_id=channel.id, customer_id=channel.id, caller=channel.caller.number,
+                    started=loop.time())
+        self.calls[call.call_id] = call
+        leg = self.tapper.new_leg("customer", channel.id)
+        call.legs["customer"] = leg         # reserved at once: a resync must not tap it twice
+        log.info("call %s: customer %s (%s) entered Stasis", call.call_id, channel.name,
+                 channel.caller.number or "no caller id")
+        self._spawn_for(call, self._open_call(call, leg))
+
+    def _on_party_hangup(self, channel_id: str, kind: str) -> None:
+        call = self.calls.get(channel_id)
+        if call is not None:
+            if not call.closing:
+                self._spawn(self._end_call(call, f"customer hung up ({kind})"))
+            return
+        call = self._call_of_agent(channel_id)
+        if call is not None:
+            self._agent_gone(call, channel_id)
+
+    def _on_own_channel_end(self, channel_id: str) -> None:
+        self.waiter.abandon(channel_id)
+        for call in self.calls.values():
+            leg = call.leg_of(channel_id)
+            if leg is not None and not leg.closed and not leg.suspect and not call.closing:
+                # Asterisk ends a snoop when its channel hangs up: find out which it was
+                leg.suspect = True
+                self._spawn_for(call, self._check_leg(call, leg))
+                return
+
+    def _on_dial(self, event: AriEvent) -> None:
+        caller = event.caller or event.channel
+        call = self.calls.get(caller.id) if caller is not None else None
+        if call is None or call.closing or event.peer is None:
+            return
+        log.debug("call %s: Dial %s -> %s [%s]", call.call_id, caller.name if caller else "?",
+                  event.peer.name, event.dialstatus)
+        if event.dialstatus == "ANSWER":
+            self._agent_answered(call, event.peer)
+
+    def _call_of_agent(self, channel_id: str) -> Call | None:
+        return next((c for c in self.calls.values() if c.agent_id == channel_id), None)
+
+    # -- a call's life -------------------------------------------------------------------------------
+    async def _open_call(self, call: Call, leg: LegTap) -> None:
+        self._publish(CallStarted(call.call_id, caller=call.caller, source="ari"))
+        self._open_outputs(call)
+        try:
+            await self.ari.subscribe(f"channel:{call.customer_id}")
+        except AriError as exc:   # without it we learn of the hangup from the snoop's end
+            log.warning("call %s: subscription failed: %s", call.call_id, exc)
+        tap = self._start_leg(call, leg)
+        done, _ = await asyncio.wait({tap}, timeout=CONTINUE_DEADLINE)
+        if not done:
+            log.warning("call %s: customer tap still not ready after %.0f s; letting the call go on",
+                        call.call_id, CONTINUE_DEADLINE)
+        if not call.closing:
+            await self._continue(call.customer_id)
+
+    async def _continue(self, channel_id: str) -> None:
+        try:
+            await self.ari.continue_in_dialplan(channel_id)
+        except AriNotFound:
+            call = self.calls.get(channel_id)
+            if call is not None:
+                self._spawn(self._end_call(call, "customer gone before continue"))
+        except AriError as exc:
+            log.warning("call %s: continue failed: %s", channel_id, exc)
+
+    def _open_outputs(self, call: Call) -> None:
+        if self.pipeline_factory is not None:
+            try:
+                call.pipeline = self.pipeline_factory(call.call_id)
+            except Exception as exc:
+                log.exception("call %s: no speech pipeline", call.call_id)
+                self._publish(CallFault(call.call_id, f"speech pipeline not started: {exc}"))
+        if self.config.recording.enabled and self.recordings_dir is not None:
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", call.call_id)
+            path = self.recordings_dir / f"{name}.{self.config.recording.format}"
+            try:
+                call.recorder = CallRecorder(path, 16000, self.config.recording.format)
+                call.recording = path
+            except (OSError, ValueError) as exc:
+                log.error("call %s: not recording: %s", call.call_id, exc)
+                self._publish(CallFault(call.call_id, f"recording not started: {exc}"))
+
+    def _start_leg(self, call: Call, leg: LegTap) -> asyncio.Task:
+        """Set the leg's tap up in a task; on success start its media pump and stall watch."""
+        async def setup() -> bool:
+            try:
+                await self.tapper.open(call, leg)
+            except TapAborted as exc:
+                log.info("call %s: %s tap abandoned: %s", call.call_id, leg.speaker, exc)
+                await self.tapper.close(call, leg)
+                if not call.closing:
+                    self._spawn_for(call, self._check_party(call, leg.speaker, leg.channel_id))
+                return False
+            except (TapFailed, AriError) as exc:
+                log.error("call %s: %s tap failed: %s", call.call_id, leg.speaker, exc)
+                if not call.closing:
+                    self._publish(CallFault(call.call_id, f"{leg.speaker} tap failed: {exc}"))
+                await self.tapper.close(call, leg)
+                return False
+            media = LegMedia(call, leg, self._publish)
+            for coro in (media.pump(), media.watch_stalls()):
+                task = self._spawn(coro)
+                leg.tasks.add(task)
+                task.add_done_callback(leg.tasks.discard)
+            return True
+        leg.setup = self._spawn_for(call, setup())
+        return leg.setup
+
+    async def _check_party(self, call: Call, speaker: Speaker, channel_id: str) -> bool:
+        """Is the leg's channel still there? If not, end the call / the agent leg."""
+        try:
+            await self.ari.get_channel(channel_id)
+            return True
+        except AriNotFound:
+            if speaker == "customer":
+                self._spawn(self._end_call(call, "customer gone"))
+            else:
+                self._agent_gone(call, channel_id)
+            return False
+        except AriError as exc:
+            log.warning("call %s: cannot check %s channel: %s", call.call_id, speaker, exc)
+            return True
+
+    async def _check_leg(self, call: Call, leg: LegTap) -> None:
+        """One of the leg's channels ended without us: its party hung up, or someone removed
+        our snoop/externalMedia channel (then tap again)."""
+        await asyncio.sleep(0.05)        # the party's own hangup event usually follows
+        if leg.closed or call.closing:
+            return
+        if await self._check_party(call, leg.speaker, leg.channel_id) and not leg.closed:
+            log.warning("call %s: %s tap broken by someone else; tapping again", call.call_id, leg.speaker)
+            self._retap(call, leg.speaker, leg.channel_id)
+        leg.suspect = False
+
+    def _retap(self, call: Call, speaker: Speaker, channel_id: str) -> None:
+        old = call.legs.get(speaker)
+        if old is not None:
+            self.tapper.retire(call, old)
+            self._spawn_for(call, self.tapper.close(call, old))
+        leg = self.tapper.new_leg(speaker, channel_id)
+        call.legs[speaker] = leg
+        self._start_leg(call, leg)
+
+    def _agent_answered(self, call: Call, agent: Channel) -> None:
+        if call.agent_id == agent.id:
+            return
+        call.agent_id, call.agent_endpoint = agent.id, agent.endpoint
+        log.info("call %s: agent %s answered (%s)", call.call_id, agent.endpoint, agent.id)
+        self._publish(AgentJoined(call.call_id, agent.endpoint))
+        self._spawn_for(call, self._subscribe_quietly(call, agent.id))
+        self._retap(call, "agent", agent.id)
+
+    def _agent_gone(self, call: Call, agent_id: str) -> None:
+        if call.agent_id == agent_id:
+            call.agent_id = None
+        leg = call.legs.get("agent")
+        if leg is not None and leg.channel_id == agent_id:
+            log.info("call %s: agent %s left", call.call_id, call.agent_endpoint)
+            self.tapper.retire(call, leg)
+            self._spawn_for(call, self.tapper.close(call, leg))
+
+    async def _subscribe_quietly(self, call: Call, channel_id: str) -> None:
+        try:
+            await self.ari.subscribe(f"channel:{channel_id}")
+        except AriError as exc:
+            log.warning("call %s: cannot subscribe to %s: %s", call.call_id, channel_id, exc)
+
+    async def _end_call(self, call: Call, reason: str) -> None:
+        if call.closing:
+            await call.ended.wait()
+            return
+        call.closing = True
+        loop = asyncio.get_running_loop()
+        duration = call.elapsed(loop.time())
+        log.info("call %s: ending (%s) after %.1f s", call.call_id, reason, duration)
+        try:
+            legs = [*call.legs.values(), *call.retiring]
+            await asyncio.gather(*(self.tapper.close(call, leg) for leg in legs), return_exceptions=True)
+            current = asyncio.current_task()
+            others = [t for t in call.tasks if t is not current]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others)
+            if call.pipeline is not None:
+                try:
+                    await call.pipeline.finish()
+                except Exception:
+                    log.exception("call %s: pipeline finish failed", call.call_id)
+            recording = None
+            if call.recorder is not None:
+                try:
+                    await call.recorder.aclose()
+                    recording = str(call.recording)
+                except (OSError, RuntimeError, ValueError) as exc:
+                    log.error("call %s: recording not finished: %s", call.call_id, exc)
+            self._publish(CallEnded(call.call_id, duration=round(duration, 3), recording=recording))
+        finally:
+            self.calls.pop(call.call_id, None)
+            call.ended.set()
+
+    # -- resynchronisation and sweep -------------------------------------------------------------
+    async def resync(self, reason: str = "manual") -> ResyncReport:
+        """Bring what we track in line with what Asterisk has; delete our orphans."""
+        channels = {c.id: c for c in await self.ari.list_channels()}
+        bridges = {b.id: b for b in await self.ari.list_bridges()}
+        report = ResyncReport(reason, len(channels), len(bridges))
+        for call in list(self.calls.values()):
+            if call.closing:
+                continue
+            if call.customer_id not in channels:
+                report.closed += 1
+                self._spawn(self._end_call(call, f"customer channel gone ({reason} resync)"))
+                continue
+            if reason != "periodic":    # a new websocket may be a new app registration
+                self._spawn_for(call, self._subscribe_quietly(call, call.customer_id))
+            if call.agent_id is not None and call.agent_id not in channels:
+                self._agent_gone(call, call.agent_id)
+            if call.agent_id is None and (agent := self._find_agent(call, channels, bridges)) is not None:
+                report.agents_found += 1
+                self._agent_answered(call, agent)
+            for speaker, channel_id in (("customer", call.customer_id), ("agent", call.agent_id)):
+                leg = call.legs.get(speaker)
+                if channel_id is None or (leg is not None and (not leg.ready or
+                                                               Tapper.intact(leg, channels, bridges))):
+                    continue
+                log.warning("call %s: %s tap %s; tapping again", call.call_id, speaker,
+                            "missing" if leg is None else "broken")
+                report.retapped += 1
+                self._retap(call, speaker, channel_id)
+        for channel in channels.values():
+            if (not self.ids.is_ours(channel.id) and channel.in_stasis_app(self.app_name)
+                    and channel.id not in self.calls and not self._stopping):
+                report.adopted += 1
+                self._on_customer(channel)
+        reserved: set[str] = set()
+        for call in self.calls.values():
+            reserved |= call.object_ids()
+        stale_channels = [c for c in channels if self.ids.is_ours(c) and c not in reserved]
+        stale_bridges = [b for b in bridges if self.ids.is_ours(b) and b not in reserved]
+        results = await asyncio.gather(*(self.ari.hangup(c) for c in stale_channels),
+                                       *(self.ari.destroy_bridge(b) for b in stale_bridges),
+                                       return_exceptions=True)
+        for object_id, result in zip([*stale_channels, *stale_bridges], results):
+            if isinstance(result, BaseException) and not isinstance(result, AriNotFound):
+                log.warning("sweep: could not delete %s: %s", object_id, result)
+        report.swept_channels, report.swept_bridges = len(stale_channels), len(stale_bridges)
+        self.last_resync = report
+        busy = report.closed or report.retapped or report.agents_found or report.adopted or \
+            report.swept_channels or report.swept_bridges
+        (log.info if busy or reason != "periodic" else log.debug)(
+            "resync (%s): %d channel(s), %d bridge(s) in Asterisk; %d call(s) tracked; closed %d, "
+            "re-tapped %d leg(s), found %d agent(s), took on %d waiting call(s); swept %d channel(s) "
+            "and %d bridge(s) of ours", reason, report.channels, report.bridges, len(self.calls),
+            report.closed, report.retapped, report.agents_found, report.adopted,
+            report.swept_channels, report.swept_bridges)
+        return report
+
+    def _find_agent(self, call: Call, channels: dict[str, Channel],
+                    bridges: dict[str, Bridge]) -> Channel | None:
+        """The party bridged with the customer by Dial()/Queue() (a two-party bridge not ours)."""
+        for bridge in bridges.values():
+            if (self.ids.is_ours(bridge.id) or call.customer_id not in bridge.channels
+                    or len(bridge.channels) != 2):
+                continue
+            for member in bridge.channels:
+                if member != call.customer_id and not self.ids.is_ours(member) and member in channels:
+                    return channels[member]
+        return None
+
+    # -- whisper cue ----------------------------------------------------------------------------------
+    async def _cue_loop(self, subscription: Any) -> None:
+        try:
+            async for event in subscription:
+                if not (isinstance(event, CardFired) and event.card.severity == "critical"):
+                    continue
+                call = self.calls.get(event.call_id)
+                if call is not None and not call.closing and call.agent_id and not call.cue_ids:
+                    self._spawn_for(call, self._play_cue(call, call.agent_id))
+        finally:
+            subscription.close()
+
+    async def _play_cue(self, call: Call, agent_id: str) -> None:
+        """A snoop on the agent's channel with whisper=out: only the agent hears it."""
+        cue = self.config.cue
+        cue_id = self.ids.new("cue")
+        call.cue_ids.add(cue_id)
+        started = self.waiter.expect(cue_id)
+        try:
+            await self.ari.snoop(agent_id, snoop_id=cue_id, spy="none", whisper="out",
+                                 app_args=f"cue,{call.call_id}")
+            await asyncio.wait({started}, timeout=STASIS_START_WAIT)
+            await self.ari.play(cue_id, cue.media)
+            log.info("call %s: cue %s played to agent %s", call.call_id, cue.media, call.agent_endpoint)
+            await asyncio.sleep(cue.duration_ms / 1000)
+        except AriError as exc:
+            log.warning("call %s: cue not played: %s", call.call_id, exc)
+        finally:
+            self.waiter.abandon(cue_id)
+            try:
+                await self.ari.hangup(cue_id)
+            except AriError:
+                pass                         # already gone with the agent's channel
+            call.cue_ids.discard(cue_id)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _publish(self, event: CallEvent) -> None:
+        self.bus.publish(event)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _spawn_for(self, call: Call, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        task = self._spawn(coro)
+        call.tasks.add(task)
+        task.add_done_callback(call.tasks.discard)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ARI app task failed", exc_info=task.exception())

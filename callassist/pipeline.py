@@ -41,6 +41,7 @@ class SilenceGate:
     """
 
     STEP = PIPELINE_RATE // 100 * 2      # 10 ms of 16-bit samples
+    MIN_PAUSE = PIPELINE_RATE * 3 // 10  # shorter silences are part of speech
 
     def __init__(self, aggressiveness: int = 2, hangover: float = 1.0, preroll: float = 0.3,
                  min_level: int = 64) -> None:
@@ -50,6 +51,11 @@ class SilenceGate:
         self._min_level = min_level        # peak below this (about -54 dBFS) is silence
         self._silent_steps = self._hangover_steps
         self._pending = b""
+        self._next_step = 0                # position (samples pushed) of the next 10 ms step
+        self.speech_end = 0                 # after the last speech heard (the call opens with a pause)
+        # Recent pauses between speech, [end of speech, start of next speech) in samples
+        # pushed: a recogniser's time that falls in one is snapped out of it (see Leg).
+        self.pauses: deque[tuple[int, int]] = deque(maxlen=64)
 
     @property
     def active(self) -> bool:
@@ -72,7 +78,12 @@ class SilenceGate:
         for pos in range(0, whole, self.STEP):
             step = data[pos:pos + self.STEP]
             at = (pos - lead) // 2
-            if self._is_speech(step):
+            here, self._next_step = self._next_step, self._next_step + self.STEP // 2
+            if speech := self._is_speech(step):
+                if here - self.speech_end >= self.MIN_PAUSE:
+                    self.pauses.append((self.speech_end, here))
+                self.speech_end = here + self.STEP // 2
+            if speech:
                 if not self.active and self._preroll:
                     pre = b"".join(self._preroll)
                     runs.append((at - len(pre) // 2, bytearray(pre)))
@@ -122,8 +133,22 @@ class Leg:
         self.clock = _TimeMap()
         self.shown: set[int] = set()   # utterances whose interim text was published
 
-    def call_time(self, stream_seconds: float) -> float:
-        return self.offset + self.clock.to_leg_seconds(stream_seconds)
+    def call_time(self, stream_seconds: float, edge: str = "") -> float:
+        """A recogniser time on the call's timeline. Recognisers place word edges loosely
+        in silence (Whisper often starts an utterance where its audio segment starts), and
+        the silence fed before a skipped pause belongs to neither side of it: a start
+        inside a pause moves to where speech resumed, an end to where speech stopped."""
+        leg_seconds = self.clock.to_leg_seconds(stream_seconds)
+        if self.gate and edge:
+            sample = leg_seconds * PIPELINE_RATE
+            for stopped, resumed in self.gate.pauses:
+                if stopped <= sample < resumed:
+                    leg_seconds = (resumed if edge == "start" else stopped) / PIPELINE_RATE
+                    break
+            else:                        # the pause going on now has no end yet
+                if edge == "end" and sample > self.gate.speech_end:
+                    leg_seconds = self.gate.speech_end / PIPELINE_RATE
+        return self.offset + leg_seconds
 
     async def feed(self, pcm: bytes) -> list[SpeechEvent]:
         runs = self.gate.push(pcm) if self.gate else [(0, pcm)]
@@ -226,7 +251,7 @@ class CallPipeline:
             text = event.text.strip()
             if not text and not (final and event.utterance in leg.shown):
                 continue
-            start, end = leg.call_time(event.start), leg.call_time(event.end)
+            start, end = leg.call_time(event.start, "start"), leg.call_time(event.end, "end")
             if final:
                 leg.shown.discard(event.utterance)
             else:

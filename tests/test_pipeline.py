@@ -187,3 +187,27 @@ async def test_submit_never_waits_for_the_recogniser_and_finish_drains(matcher):
     await pipeline.finish()
     finals = [e for e in events if isinstance(e, TranscriptUpdate) and e.final]
     assert [round(e.start, 1) for e in finals] == [1.0]
+
+
+class LooseStream(RunStream):
+    """Reports each utterance as starting 0.4 s early, in the silence before it, as
+    Whisper's first word often does."""
+
+    def _close(self) -> list:
+        events = super()._close()
+        final = events[0]
+        return [FinalTranscript(final.utterance, final.text, max(final.start - 0.4, 0), final.end + 0.3),
+                events[1]]
+
+
+async def test_times_in_a_skipped_pause_are_moved_out_of_it(matcher):
+    engine = RunEngine()
+    engine.open_stream = lambda rate, label="": engine.streams.setdefault(label, LooseStream())
+    events = []
+    pipeline = CallPipeline("c7", engine, matcher, events.append)
+    audio = np.concatenate([silence(1), voiced(1), silence(4), voiced(1.5, seed=1), silence(2)])
+    await feed_in_frames(pipeline, "customer", audio)
+    await pipeline.finish()
+    finals = [e for e in events if isinstance(e, TranscriptUpdate) and e.final]
+    assert [round(e.start, 1) for e in finals] == [1.0, 6.0]
+    assert [round(e.end, 1) for e in finals] == [2.0, 7.5]

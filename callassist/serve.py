@@ -76,9 +76,9 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     from prompts.matcher import Matcher
     from prompts.playbook import load_playbook
 
-    if demo:
-        config = dataclasses.replace(config, storage=dataclasses.replace(
-            config.storage, data_dir=str(config.data_dir / "demo")))
+    # Absolute, so recording paths stored in the archive stay valid from any directory.
+    data_dir = config.data_dir.resolve() / ("demo" if demo else "")
+    config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, data_dir=str(data_dir)))
     store = open_store(config)
     interrupted = store.close_interrupted_calls()
     if interrupted:
@@ -172,6 +172,7 @@ async def _purge_daily(store, config: Config) -> None:
 def _main(args, *, demo: bool) -> int:
     from asr.engine import ModelNotFoundError
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)   # one line per segment otherwise
     try:
         config = load_config(args.config)
         asyncio.run(run_services(config, demo=demo, once=getattr(args, "once", False)))

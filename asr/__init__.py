@@ -1,0 +1,57 @@
+"""Speech recognition: one SpeechEngine interface, two real engines.
+
+    engine = create_engine(config)              # [asr] engine / vosk_model / whisper_model
+    stream = engine.open_stream(8000)
+    events = await stream.feed(pcm)             # InterimTranscript / FinalTranscript / EndOfSpeech
+
+The engine modules (vosk, faster-whisper) are imported only when an engine is created,
+so `import asr` is cheap.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
+from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
+from asr.models import find_model, find_test_vosk_model
+
+if TYPE_CHECKING:
+    from asr.vosk_engine import VoskEngine, VoskStream
+    from asr.whisper_engine import WhisperEngine, WhisperStream
+
+__all__ = [
+    "EndOfSpeech", "FinalTranscript", "InterimTranscript", "ModelNotFoundError", "RecognizerStream",
+    "SpeechEngine", "SpeechEvent", "VoskEngine", "VoskStream", "WhisperEngine", "WhisperStream", "Word",
+    "create_engine", "find_model", "find_test_vosk_model",
+]
+
+_LAZY = {"VoskEngine": "asr.vosk_engine", "VoskStream": "asr.vosk_engine",
+         "WhisperEngine": "asr.whisper_engine", "WhisperStream": "asr.whisper_engine"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'asr' has no attribute {name!r}")
+
+
+def create_engine(config: Any, name: str | None = None, model: str | Path | None = None) -> SpeechEngine:
+    """The engine named `name` (default: [asr] engine), loading `model` (a directory;
+    default: found by asr.models.find_model from the configuration).
+
+    `config` is a callassist Config or its AsrConfig section. Raises ModelNotFoundError
+    (message says how to install) when no model is found.
+    """
+    asr_config = getattr(config, "asr", config)
+    name = name or asr_config.engine
+    threads = asr_config.decode_threads
+    if name == "vosk":
+        from asr.vosk_engine import VoskEngine
+        return VoskEngine(find_model("vosk", str(model or asr_config.vosk_model)), decode_threads=threads)
+    if name == "whisper":
+        from asr.whisper_engine import WhisperEngine
+        return WhisperEngine(find_model("whisper", str(model or asr_config.whisper_model)),
+                             compute_type=asr_config.whisper_compute_type, decode_threads=threads)
+    raise ValueError(f"unknown speech engine {name!r} (expected 'vosk' or 'whisper')")

@@ -63,7 +63,9 @@ class VoskEngine(SpeechEngine):
         recognizer.SetWords(True)
         if hasattr(recognizer, "SetPartialWords"):  # vosk >= 0.3.42
             recognizer.SetPartialWords(True)
-        return VoskStream(recognizer, sample_rate, self._pool, self.endpoint_silence_ms)
+        stream = VoskStream(recognizer, sample_rate, self._pool, self.endpoint_silence_ms)
+        stream.label = label  # for logs
+        return stream
 
     def close(self) -> None:
         if not self._closed:
@@ -81,6 +83,8 @@ class VoskStream(RecognizerStream):
     other streams keep decoding on the other pool threads. The lock is an asyncio one so
     that waiting for it never blocks the event loop.
     """
+
+    label = ""  # names the stream in logs, e.g. "customer"
 
     def __init__(self, recognizer, sample_rate: int, pool: ThreadPoolExecutor,
                  endpoint_silence_ms: int = 800) -> None:

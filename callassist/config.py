@@ -103,7 +103,6 @@ class WebConfig:
     port: int = _checked(_between(0, 65535))
     tls_cert: str
     tls_key: str
-    secret: str
     login_attempts_per_minute: int = _checked(_between(1, 1000))
     adherence_window: float = _checked(_between(1, 600))
 

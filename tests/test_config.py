@@ -1,0 +1,69 @@
+"""Configuration: defaults, file and environment overrides, errors that name file, key and problem."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from callassist.config import DEFAULT_FILE, ConfigError, load_config
+
+
+def test_defaults_load_and_are_documented():
+    config = load_config(env={})
+    assert config.ari.url == "" and config.asr.engine == "vosk"
+    assert config.web.host == "127.0.0.1", "binds to loopback unless told otherwise"
+    text = DEFAULT_FILE.read_text(encoding="utf-8")
+    for section in ("storage", "asr", "matcher", "ari", "rtp", "recording", "cue", "web"):
+        assert f"[{section}]" in text
+
+
+def test_file_then_environment_override(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text('[ari]\nurl = "http://10.0.0.5:8088"\npassword = "x"\n[rtp]\nport_min = 40100\n')
+    config = load_config(path, env={"CALLASSIST_RTP_PORT_MIN": "40200", "CALLASSIST_MATCHER_PINYIN": "off"})
+    assert config.ari.url == "http://10.0.0.5:8088"
+    assert config.rtp.port_min == 40200
+    assert config.matcher.pinyin is False
+    assert config.source == str(path)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('[rtp]\nport_min = "many"\n', "[rtp] port_min: must be an integer"),
+    ("[rtp]\nport_min = 41000\nport_max = 40000\n", "[rtp] port_min: must not exceed port_max"),
+    ('[asr]\nengine = "kaldi"\n', "[asr] engine: must be one of 'vosk', 'whisper'"),
+    ('[asr]\nmodel = "x"\n', "[asr] model: unknown key"),
+    ('[telephony]\nx = 1\n', "[telephony]: unknown section"),
+    ('[ari]\nurl = "127.0.0.1:8088"\n', "[ari] url: must start with http://"),
+    ('[web]\ntls_cert = "a.pem"\n', "[web] tls_cert/tls_key: set both or neither"),
+    ("[matcher]\nthreshold = 150\n", "[matcher] threshold: must be between 50 and 100"),
+    ("[rtp\nport_min = 1\n", "not valid TOML"),
+])
+def test_errors_name_the_file_key_and_problem(tmp_path, body, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert any(str(path) in p and expected in p for p in info.value.problems), info.value.problems
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[asr]\nengine = "x"\ndecode_threads = 0\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"CALLASSIST_WEB_PORT": "eighty"})
+    assert len(info.value.problems) == 3
+    assert any(p.startswith("$CALLASSIST_WEB_PORT: [web] port") for p in info.value.problems)
+
+
+def test_config_check_command(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "callassist", "config", "check"],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert good.returncode == 0 and good.stdout.startswith("ok:")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rtp]\nport_max = 70000\n")
+    proc = subprocess.run([sys.executable, "-m", "callassist", "config", "check", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert f"{bad}: [rtp] port_max: must be between 1024 and 65535" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -129,9 +130,14 @@ def to_vtt(result: AnalysisResult) -> str:
         while notes and notes[0]["start"] <= utt["start"]:
             lines += [_vtt_note(notes.pop(0)), ""]
         lines += [str(i), f"{_clock(utt['start'])} --> {_clock(max(utt['end'], utt['start'] + 0.01))}",
-                  f"<v {SPEAKER_LABELS[utt['speaker']]}>{utt['text']}", ""]
+                  f"<v {SPEAKER_LABELS[utt['speaker']]}>{_vtt_escape(utt['text'])}", ""]
     lines += [item for t in notes for item in (_vtt_note(t), "")]
     return "\n".join(lines)
+
+
+def _vtt_escape(text: str) -> str:
+    """Cue text is markup: a bare & or < would start an entity or a tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _vtt_note(trigger: dict[str, Any]) -> str:
@@ -159,6 +165,20 @@ FORMATTERS = {"json": lambda r: json.dumps(r.to_json(), ensure_ascii=False, inde
               "vtt": to_vtt, "text": to_text}
 
 
+class OutputError(ValueError):
+    """The --output destination cannot be written."""
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.resolve().parent
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{path}: not writable")
+
+
 def run(args) -> int:
     from asr import create_engine
     from asr.engine import ModelNotFoundError
@@ -168,10 +188,12 @@ def run(args) -> int:
 
     try:
         config = load_config(args.config)
+        if args.output:
+            _check_writable(Path(args.output))   # before minutes of decoding, not after
         recording = read_recording(args.file)
         playbook = load_playbook()
         engine = create_engine(config, name=args.engine, model=args.model)
-    except (ConfigError, AudioError, PlaybookError, ModelNotFoundError) as exc:
+    except (ConfigError, AudioError, PlaybookError, ModelNotFoundError, OutputError) as exc:
         print(f"callassist analyze: {exc}", file=sys.stderr)
         return 2
     matcher = Matcher(playbook, threshold=config.matcher.threshold,
@@ -184,7 +206,12 @@ def run(args) -> int:
         engine.close()
     text = FORMATTERS[args.format](result)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"callassist analyze: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(text)
     return 0
+

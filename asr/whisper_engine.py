@@ -34,8 +34,21 @@ DEFAULT_PROMPT = "以下是普通话的句子，关于电信投诉。"
 # Phrases Whisper produces from noise or silence (subtitle credits from its training data).
 HALLUCINATIONS = ("字幕由Amara.org社区提供", "明镜与点点栏目", "请不吝点赞", "订阅 转发 打赏",
                   "小编字幕", "字幕志愿者")
+# Words Whisper base glues after a finished sentence when the segment ends in silence
+# ("……道歉。作词"). Dropped only as a whole clause after sentence-final punctuation.
+TRAILING_HALLUCINATIONS = ("请注意", "作词", "作曲", "作词作曲", "字幕制作", "谢谢观看", "请订阅",
+                           "您的", "这边", "请不吝点赞订阅转发打赏支持明镜与点点栏目")
+_SENTENCE_END = "。！？!?"
 MAX_COMPRESSION_RATIO = 2.4   # above: repeated text, a decoding loop
 MAX_NEW_TOKENS = 300          # hard cap per segment (Whisper's context is 448 tokens)
+
+
+def drop_trailing_hallucination(text: str) -> str:
+    """'你们必须给我书面道歉。作词' -> '你们必须给我书面道歉。'"""
+    cut = max(text.rfind(mark) for mark in _SENTENCE_END)
+    if 0 < cut < len(text) - 1 and text[cut + 1:].strip(" ，,。") in TRAILING_HALLUCINATIONS:
+        return text[:cut + 1]
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +166,7 @@ class WhisperEngine(SpeechEngine):
         """Drop decoding loops, noise and known hallucinations; simplify characters."""
         pieces = []
         for seg in segments:
-            text = self._to_simplified(seg.text.strip())
+            text = drop_trailing_hallucination(self._to_simplified(seg.text.strip()))
             if (not text or seg.compression_ratio > MAX_COMPRESSION_RATIO
                     or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0)
                     or any(h in text for h in HALLUCINATIONS)):

@@ -169,3 +169,14 @@ def test_all_zero_frames_never_reach_webrtcvad():
         detector.is_speech(bytes(100))
     with pytest.raises(ValueError, match="sample rate"):
         SpeechDetector(44100)
+
+
+@pytest.mark.parametrize("heard, kept", [
+    ("光说抱歉有什么用,你们必须给我数面道歉。作词", "光说抱歉有什么用,你们必须给我数面道歉。"),
+    ("您先别着急,我马上为您核实。请注意", "您先别着急,我马上为您核实。"),
+    ("请注意", "请注意"),                                  # alone it may be real speech
+    ("您好。请问您这边是什么问题", "您好。请问您这边是什么问题"),  # a real clause stays
+])
+def test_words_glued_after_a_finished_sentence_are_dropped(heard, kept):
+    from asr.whisper_engine import drop_trailing_hallucination
+    assert drop_trailing_hallucination(heard) == kept

@@ -47,11 +47,13 @@ def create_engine(config: Any, name: str | None = None, model: str | Path | None
     asr_config = getattr(config, "asr", config)
     name = name or asr_config.engine
     threads = asr_config.decode_threads
+    given_by = "--model" if model else ""   # name the user's own choice in errors
     if name == "vosk":
         from asr.vosk_engine import VoskEngine
-        return VoskEngine(find_model("vosk", str(model or asr_config.vosk_model)), decode_threads=threads)
+        return VoskEngine(find_model("vosk", str(model or asr_config.vosk_model), configured_by=given_by),
+                          decode_threads=threads)
     if name == "whisper":
         from asr.whisper_engine import WhisperEngine
-        return WhisperEngine(find_model("whisper", str(model or asr_config.whisper_model)),
+        return WhisperEngine(find_model("whisper", str(model or asr_config.whisper_model), configured_by=given_by),
                              compute_type=asr_config.whisper_compute_type, decode_threads=threads)
     raise ValueError(f"unknown speech engine {name!r} (expected 'vosk' or 'whisper')")

@@ -97,17 +97,18 @@ def cache_dir(env: Mapping[str, str] | None = None) -> Path:
 def find_model(kind: ModelKind, configured: str = "", *,
                env: Mapping[str, str] | None = None,
                search_dirs: Iterable[Path] | None = None,
-               use_packages: bool = True) -> Path:
+               use_packages: bool = True, configured_by: str = "") -> Path:
     """The directory of a usable model of `kind` ('vosk' or 'whisper').
 
-    `env`, `search_dirs` and `use_packages` exist so tests can pin the search down.
+    `configured_by` names where `configured` came from in error messages (default: the
+    config key). `env`, `search_dirs` and `use_packages` exist so tests can pin the search down.
     """
     if kind not in ENV_VARS:
         raise ValueError(f"unknown model kind {kind!r} (expected 'vosk' or 'whisper')")
     env = os.environ if env is None else env
     hint = VOSK_INSTALL_HINT if kind == "vosk" else WHISPER_INSTALL_HINT
 
-    for origin, value in ((f"[asr] {kind}_model", configured), (f"${ENV_VARS[kind]}", env.get(ENV_VARS[kind], ""))):
+    for origin, value in ((configured_by or f"[asr] {kind}_model", configured), (f"${ENV_VARS[kind]}", env.get(ENV_VARS[kind], ""))):
         if value:
             path = Path(value).expanduser()
             problems = model_problems(kind, path)

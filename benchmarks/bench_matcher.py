@@ -25,7 +25,7 @@ SEEDS = REPO.parent / "shared" / "seeds"
 sys.path.insert(0, str(REPO))
 
 from prompts.matcher import Matcher  # noqa: E402
-from prompts.normalize import normalize, to_pinyin  # noqa: E402
+from prompts.normalize import folded_alternatives, normalize, to_pinyin  # noqa: E402
 from prompts.playbook import load_playbook  # noqa: E402
 
 
@@ -52,6 +52,7 @@ CASES = [
     case(C, "我要去通管局申诉", "regulator_complaint"),
     case(C, "你们不给解决我要精神培成", "mental_distress_compensation", homophone=True),
     case(C, "我要求你们给我精神陪常", "mental_distress_compensation", homophone=True),
+    case(C, "你们得给我精神培长", "mental_distress_compensation", homophone=True),  # 长 zhang/chang
     case(C, "把你们的精神賠償拿出来", "mental_distress_compensation"),
     case(C, "我被你们气得一晚上没睡着要精神损失费", "mental_distress_compensation"),
     case(C, "楼顶的機站服設太大了我孩子天天头疼", "base_station_radiation", homophone=True),
@@ -117,6 +118,7 @@ CASES = [
     case(C, "我家孩子用的手机卡"),
     case(C, "我上个月交了两百块话费"),
     case(C, "能不能帮我把套餐降一档"),
+    case(C, "我得先还人家的钱再交话费"),
     # agent, ordinary talk
     case(A, "您好请问有什么可以帮您"),
     case(A, "非常抱歉给您带来不便我马上为您查询"),
@@ -136,6 +138,7 @@ def partials(text: str) -> list[str]:
 def clear_text_caches() -> None:
     normalize.cache_clear()
     to_pinyin.cache_clear()
+    folded_alternatives.cache_clear()
 
 
 def throughput(matcher: Matcher, utterances: list[tuple[str, str]], seconds: float,

@@ -21,6 +21,13 @@ Scoring of a phrase of L characters (both sides normalised, see prompts.normaliz
   in a 4-syllable phrase passes 86 (精神培成 87.5, 商贝返还 95), while 荐我办的 vs
   骗我办的 does not. Scored only on windows where at least L - max(1, L // 4)
   syllables agree exactly after folding. Only for phrases of 4+ characters.
+  A heteronym in the utterance scores 1 when any of its readings equals the phrase's
+  syllable after folding: context picks a reading even for a character ASR got wrong
+  (精神培长 reads pei zhang, yet stands for 精神赔偿 pei chang). The phrase keeps its
+  context reading (phrases are written correctly). Kept narrow, as measured on the
+  seed texts and playbook: the gate counts context readings only (counted there, the
+  rare reading ti of 是 made 就是投诉 a 集体投诉), and other readings count only when
+  equal, never as near syllables (巨 qu ~ 全 quan made the agent's 巨额赔偿 a 全额赔偿).
   (Letter-level fuzzing of the joined pinyin string was tried first: it let an
   unrelated syllable through in 3-4 syllable phrases: 在网上交话费 -> 发网上.)
 - Short phrases, where one syllable is a third or half of the phrase, need exact hits
@@ -29,6 +36,8 @@ Scoring of a phrase of L characters (both sides normalised, see prompts.normaliz
   3 characters: exact characters or exact unfolded pinyin (公信部 -> 工信部);
   1-2 characters: exact characters, or exact unfolded pinyin that keeps one of the
   two characters (驴师 -> 律师 but not 用户又 -> 忽悠, 安抚技巧 -> 复机).
+  Exact pinyin here means the context reading only, never a heteronym's other
+  readings: one of those is a third or half of the phrase (还人 hai/huan ren -> 换人).
 - Exclusions: occurrences of a category's exclude phrases (exact, or exact pinyin)
   are masked out of the utterance before scoring that category, and a match whose
   span overlaps one is discarded (我今天精神挺好 is not 精神赔偿), while another,
@@ -49,7 +58,7 @@ import numpy as np
 from rapidfuzz import fuzz
 
 from callassist.events import Card, CardConfirmed, CardFired, CardWithdrawn, Speaker
-from prompts.normalize import fold_pinyin, normalize, to_pinyin
+from prompts.normalize import fold_pinyin, folded_alternatives, normalize, to_pinyin
 from prompts.playbook import Category, Playbook
 
 SHORT_PHRASE = 2          # phrases this short need an exact hit (see module docstring)
@@ -92,12 +101,23 @@ class _Text:
     chars: str
     syllables: tuple[str, ...]
     folded: tuple[str, ...]
+    alternatives: dict[int, tuple[str, ...]]  # position -> other folded readings (heteronyms)
     positions: dict[str, list[int]]          # folded syllable -> where it occurs
-    syllable_positions: dict[str, list[int]]  # unfolded syllable -> where it occurs
+    syllable_positions: dict[str, list[int]]  # unfolded context reading -> where it occurs
 
     @classmethod
-    def build(cls, chars: str, syllables: tuple[str, ...], folded: tuple[str, ...]) -> _Text:
-        return cls(chars, syllables, folded, _positions(folded), _positions(syllables))
+    def build(cls, chars: str, syllables: tuple[str, ...], folded: tuple[str, ...],
+              alternatives: dict[int, tuple[str, ...]]) -> _Text:
+        return cls(chars, syllables, folded, alternatives, _positions(folded),
+                   _positions(syllables))
+
+    def similarity(self, syllable: str, p: int) -> float:
+        """How alike a folded phrase syllable is to position `p`: its context reading's
+        similarity, or 1 when another reading of a heteronym equals it."""
+        similarity = _syllable_similarity(syllable, self.folded[p])
+        if similarity < 1 and syllable in self.alternatives.get(p, ()):
+            return 1.0
+        return similarity
 
     def find_chars(self, needle: str) -> list[tuple[int, int]]:
         spans, at = [], self.chars.find(needle)
@@ -268,7 +288,8 @@ class Matcher:
     def _prepare(self, text: str) -> _Text:
         chars = normalize(text)
         syllables = to_pinyin(chars)
-        return _Text.build(chars, syllables, fold_pinyin(syllables, self.h_f))
+        alternatives = dict(folded_alternatives(chars, self.h_f)) if self.use_pinyin else {}
+        return _Text.build(chars, syllables, fold_pinyin(syllables, self.h_f), alternatives)
 
     def match(self, text: str, speaker: Speaker) -> list[Match]:
         """The best match per category of `speaker`'s categories, best score first."""
@@ -336,7 +357,9 @@ class Matcher:
         for start, end in spans:
             for i in range(start, end):
                 chars[i], syllables[i], folded[i] = _MASK_CHAR, _MASK_SYLLABLE, _MASK_SYLLABLE
-        return _Text.build("".join(chars), tuple(syllables), tuple(folded))
+        alternatives = {p: others for p, others in text.alternatives.items()
+                        if not _overlaps((p, p + 1), spans)}
+        return _Text.build("".join(chars), tuple(syllables), tuple(folded), alternatives)
 
     @staticmethod
     def _score_chars(phrase: _Phrase, text: _Text) -> tuple[float, tuple[int, int]] | None:
@@ -364,7 +387,7 @@ class Matcher:
         for start, agreed in agreements.items():
             if agreed < phrase.syllables_needed:
                 continue
-            total = sum(_syllable_similarity(syl, text.folded[start + i])
+            total = sum(text.similarity(syl, start + i)
                         for i, syl in enumerate(phrase.folded) if 0 <= start + i < size)
             score = 100 * total / n
             if score >= phrase.threshold and (best is None or score > best[0]):

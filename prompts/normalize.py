@@ -4,7 +4,9 @@
 words, traditional characters, full-width forms, punctuation and the many ways of
 writing a number. `to_pinyin` gives one toneless syllable per character, and
 `fold_pinyin` merges the initials/finals that ASR and southern accents confuse; the
-matcher uses the folded form for scoring only.
+matcher uses the folded form for scoring only. `folded_alternatives` lists the other
+readings of heteronyms (长 chang/zhang): the reading chosen from context is arbitrary
+for a character ASR got wrong (精神培长 for 精神赔偿), so the matcher lets any of them count.
 
 Numeral rule (documented because it must not break ordinary words such as 一下,
 一直, 一样, 万一, 千万别, 十分):
@@ -25,6 +27,7 @@ from functools import lru_cache
 
 import opencc
 from pypinyin import Style, lazy_pinyin
+from pypinyin.contrib.tone_convert import to_normal
 from pypinyin.phrases_dict import phrases_dict
 from pypinyin.pinyin_dict import pinyin_dict
 
@@ -182,3 +185,34 @@ def fold_syllable(syllable: str, h_f: bool = False) -> str:
 @lru_cache(maxsize=8192)
 def fold_pinyin(syllables: tuple[str, ...], h_f: bool = False) -> tuple[str, ...]:
     return tuple(fold_syllable(s, h_f) for s in syllables)
+
+
+@lru_cache(maxsize=8192)
+def readings(ch: str) -> tuple[str, ...]:
+    """Every toneless reading of one character (pypinyin's heteronyms), most common
+    first, without duplicates: 长 -> (zhang, chang); (ch,) for a non-Chinese character."""
+    tones = pinyin_dict.get(ord(ch)) if len(ch) == 1 else None
+    if not tones:
+        return (ch,)
+    return tuple(dict.fromkeys(to_normal(t) for t in tones.split(",")))
+
+
+@lru_cache(maxsize=16384)
+def _other_folded_readings(ch: str, chosen: str, h_f: bool) -> tuple[str, ...]:
+    return tuple(r for r in dict.fromkeys(fold_syllable(r, h_f) for r in readings(ch))
+                 if r != chosen)
+
+
+@lru_cache(maxsize=8192)
+def folded_alternatives(text: str, h_f: bool = False) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """(position, other folded readings) for each heteronym of `text` whose readings
+    still differ after folding from the one `to_pinyin` chose: 培长 -> ((1, ("can",)),).
+    Only heteronyms cost more than a dict lookup."""
+    chosen = fold_pinyin(to_pinyin(text), h_f)
+    found = []
+    for i, ch in enumerate(text):
+        if _is_heteronym(ch):
+            others = _other_folded_readings(ch, chosen[i], h_f)
+            if others:
+                found.append((i, others))
+    return tuple(found)

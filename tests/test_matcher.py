@@ -81,6 +81,16 @@ def test_one_unrelated_syllable_does_not_pass(matcher, text, category):
     assert category not in categories(matcher, text)
 
 
+@pytest.mark.parametrize("text, category", [
+    ("你们不给解决我要精神培长", "mental_distress_compensation"),  # 长 zhang, also chang
+    ("你们得给我精神陪长", "mental_distress_compensation"),
+    ("多扣的钱要双倍反还", "double_refund"),                       # 还 hai, also huan
+])
+def test_heteronym_counts_with_any_reading(matcher, text, category):
+    [match] = matcher.match(text, "customer")
+    assert match.category.id == category and match.via == "pinyin" and match.score == 100
+
+
 def test_h_f_folding_is_opt_in(playbook, matcher):
     text = "楼顶的基站湖射太大了"       # hu she for fu she (southern accent)
     assert "base_station_radiation" not in categories(matcher, text)
@@ -306,3 +316,19 @@ def test_real_playbook_counter_examples_do_not_fire(real_matcher):
     wrong = [(c.id, ex) for c in real_matcher.playbook.categories for ex in c.counter_examples
              if c.id in categories(real_matcher, ex, c.speaker)]
     assert wrong == []
+
+
+def test_real_playbook_heteronym_misheard(real_matcher):
+    # Whisper's 精神培长 for 精神赔偿: context reads 长 zhang, its other reading is chang
+    [match] = real_matcher.match("你们不给解决我要精神培长", "customer")
+    assert match.category.id == "mental_distress_compensation" and match.via == "pinyin"
+
+
+@pytest.mark.parametrize("text, speaker, category", [
+    ("我要还人家钱", "customer", "supervisor_demand"),     # 还人 hai/huan ren: short phrase 换人
+    ("我要还个人情", "customer", "supervisor_demand"),     # 3 chars: exact context pinyin only
+    ("这就是投诉处理的难题", "customer", "collective_complaint"),  # 是 shi/ti: not in the gate
+    ("我们给不了巨额赔偿", "agent", "agent_overpromise"),  # 巨 ju/qu ~ 全 quan: not near
+])
+def test_real_playbook_heteronym_readings_stay_narrow(real_matcher, text, speaker, category):
+    assert category not in categories(real_matcher, text, speaker)

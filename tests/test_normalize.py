@@ -1,7 +1,8 @@
 """Normalisation and pinyin of ASR text (prompts/normalize.py)."""
 import pytest
 
-from prompts.normalize import fold_pinyin, fold_syllable, normalize, to_pinyin
+from prompts.normalize import (fold_pinyin, fold_syllable, folded_alternatives, normalize,
+                               readings, to_pinyin)
 
 
 @pytest.mark.parametrize("raw", [
@@ -89,3 +90,18 @@ def test_fold_syllable(syllable, folded):
 def test_h_f_folding_is_optional():
     assert fold_syllable("hu") == "hu"
     assert fold_syllable("hu", h_f=True) == fold_syllable("fu", h_f=True) == "fu"
+
+
+def test_readings_of_heteronyms_are_toneless_and_distinct():
+    assert readings("长") == ("zhang", "chang")
+    assert readings("还")[:2] == ("hai", "huan")
+    assert readings("律") == ("lv",)            # same spelling as to_pinyin
+    assert readings("5") == ("5",)
+
+
+def test_folded_alternatives_list_only_other_readings():
+    assert to_pinyin("精神培长")[3] == "zhang"
+    assert dict(folded_alternatives("精神培长"))[3] == ("can",)   # chang folded
+    assert folded_alternatives("律师") == ()                        # no heteronyms
+    assert folded_alternatives("我要") == ()        # 要 yao/yao: differs in tone only
+    assert dict(folded_alternatives("还", h_f=True))[0][0] == "fuan"  # folded like to_pinyin's

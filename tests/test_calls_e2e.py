@@ -40,7 +40,7 @@ from prompts.playbook import Playbook, load_playbook
 
 pytestmark = pytest.mark.slow
 
-# Measured with Whisper base on this call set: 21/24 episodes (the three KNOWN_ASR_MISSES).
+# Measured with Whisper base on this call set: 22/24 episodes (the two KNOWN_ASR_MISSES).
 MIN_RECALL = 0.85
 
 E2E_CALLS = (                               # the CALLASSIST_E2E_QUICK=1 subset
@@ -57,9 +57,6 @@ E2E_CALLS = (                               # the CALLASSIST_E2E_QUICK=1 subset
 KNOWN_ASR_MISSES: dict[tuple[str, int, str], str] = {
     ("media_exposure_telephone", 3, "false_advertising"):
         "坑人 heard as 颗眼 (telephone band: 不要发到网上,让大家都看看你们是怎么颗眼的; wideband: 亏人)",
-    ("unauthorized_charge_mental_distress", 2, "mental_distress_compensation"):
-        "heard 这件事害得我者业为税,我要精神培长: 整夜没睡 is lost, and 精神培长 reads jing shen pei "
-        "ZHANG (长 as zhang), one initial off 精神赔偿 (pei chang); heteronym-aware pinyin would catch it",
     ("bill_shock_double_refund_telephone", 2, "double_refund"):
         "双倍返还 heard as 商品反馆 (telephone band: 不收的钱必稀商品反馆给我; wideband: 收费反馆)",
 }

@@ -78,6 +78,14 @@ def model_problems(kind: ModelKind, path: Path) -> list[str]:
     return vosk_model_problems(path) if kind == "vosk" else ct2_model_problems(path)
 
 
+def require_model(kind: ModelKind, path: Path) -> None:
+    """Raise ModelNotFoundError (with the install hint) unless `path` holds a usable model."""
+    if problems := model_problems(kind, path):
+        what = "Vosk" if kind == "vosk" else "faster-whisper"
+        hint = VOSK_INSTALL_HINT if kind == "vosk" else WHISPER_INSTALL_HINT
+        raise ModelNotFoundError(f"{path} is not a usable {what} model: {'; '.join(problems)}. {hint}")
+
+
 # --- lookup -----------------------------------------------------------------------
 
 def default_search_dirs() -> list[Path]:

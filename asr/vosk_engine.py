@@ -23,7 +23,7 @@ from pathlib import Path
 
 from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
-from asr.models import VOSK_INSTALL_HINT, vosk_model_problems
+from asr.models import VOSK_INSTALL_HINT, require_model
 from asr.vad import VALID_RATES, SpeechDetector
 
 
@@ -35,10 +35,7 @@ class VoskEngine(SpeechEngine):
         import vosk  # imported here so that `import asr` stays cheap
 
         self.model_dir = Path(model_dir)
-        problems = vosk_model_problems(self.model_dir)
-        if problems:
-            raise ModelNotFoundError(f"{self.model_dir} is not a usable Vosk model: "
-                                     f"{'; '.join(problems)}. {VOSK_INSTALL_HINT}")
+        require_model("vosk", self.model_dir)
         if decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         vosk.SetLogLevel(-1)  # Kaldi logs every model file it reads to stderr otherwise

@@ -26,7 +26,7 @@ import numpy as np
 
 from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, SpeechEvent, Word
-from asr.models import WHISPER_INSTALL_HINT, ct2_model_problems
+from asr.models import WHISPER_INSTALL_HINT, require_model
 from asr.vad import Segmenter, SpeechEnd, SpeechStart
 
 WHISPER_RATE = 16000
@@ -70,10 +70,7 @@ class WhisperEngine(SpeechEngine):
         from faster_whisper import WhisperModel  # heavy import (ctranslate2, av): only when used
 
         self.model_dir = Path(model_dir)
-        problems = ct2_model_problems(self.model_dir)
-        if problems:
-            raise ModelNotFoundError(f"{self.model_dir} is not a usable faster-whisper model: "
-                                     f"{'; '.join(problems)}. {WHISPER_INSTALL_HINT}")
+        require_model("whisper", self.model_dir)
         if decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         started = time.perf_counter()

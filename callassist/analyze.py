@@ -192,7 +192,9 @@ def run(args) -> int:
             _check_writable(Path(args.output))   # before minutes of decoding, not after
         recording = read_recording(args.file)
         playbook = load_playbook()
-        engine = create_engine(config, name=args.engine, model=args.model)
+        # A finished recording gets the accurate post-call engine unless told otherwise.
+        name = args.engine or config.asr.post_call_engine or config.asr.engine
+        engine = create_engine(config, name=name, model=args.model)
     except (ConfigError, AudioError, PlaybookError, ModelNotFoundError, OutputError) as exc:
         print(f"callassist analyze: {exc}", file=sys.stderr)
         return 2

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="transcribe a recording and mark complaint triggers")
     analyze.add_argument("file")
-    analyze.add_argument("--engine", choices=["vosk", "whisper"], help="default: [asr] engine")
+    analyze.add_argument("--engine", choices=["vosk", "whisper"],
+                         help="default: [asr] post_call_engine (whisper), the accurate pass")
     analyze.add_argument("--model", help="model directory")
     analyze.add_argument("--format", choices=["json", "vtt", "text"], default="json")
     analyze.add_argument("--channels", choices=["customer-agent", "agent-customer"], default="customer-agent",

@@ -8,6 +8,7 @@ engine's bounded thread pool, never on the event loop.
 from __future__ import annotations
 
 import abc
+from concurrent.futures import ThreadPoolExecutor
 
 from asr.events import SpeechEvent
 
@@ -29,6 +30,19 @@ class RecognizerStream(abc.ABC):
 
 class SpeechEngine(abc.ABC):
     name: str
+    _pool: ThreadPoolExecutor | None = None
+    _closed = False
+
+    def _start_decode_pool(self, threads: int) -> ThreadPoolExecutor:
+        """The bounded pool every blocking decode of this engine runs in (off the event loop)."""
+        if threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {threads}")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"{self.name}-decode")
+        return self._pool
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
 
     @abc.abstractmethod
     def open_stream(self, sample_rate: int, label: str = "") -> RecognizerStream:
@@ -39,6 +53,10 @@ class SpeechEngine(abc.ABC):
 
     def close(self) -> None:
         """Release the model and the thread pool. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ModelNotFoundError(RuntimeError):

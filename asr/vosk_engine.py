@@ -36,8 +36,6 @@ class VoskEngine(SpeechEngine):
 
         self.model_dir = Path(model_dir)
         require_model("vosk", self.model_dir)
-        if decode_threads < 1:
-            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         vosk.SetLogLevel(-1)  # Kaldi logs every model file it reads to stderr otherwise
         started = time.perf_counter()
         try:
@@ -48,12 +46,10 @@ class VoskEngine(SpeechEngine):
         self.load_seconds = time.perf_counter() - started
         self.endpoint_silence_ms = endpoint_silence_ms
         self._vosk = vosk
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vosk-decode")
-        self._closed = False
+        self._start_decode_pool(decode_threads)
 
     def open_stream(self, sample_rate: int, label: str = "") -> VoskStream:
-        if self._closed:
-            raise RuntimeError("VoskEngine is closed")
+        self._ensure_open()
         if not 8000 <= sample_rate <= 48000:
             raise ValueError(f"sample rate must be 8000..48000 Hz, got {sample_rate}")
         recognizer = self._vosk.KaldiRecognizer(self._model, float(sample_rate))
@@ -65,10 +61,8 @@ class VoskEngine(SpeechEngine):
         return stream
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._model = None  # freed once the last recogniser using it is gone
+        super().close()
+        self._model = None  # freed once the last recogniser using it is gone
 
 
 class VoskStream(RecognizerStream):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +70,7 @@ class WhisperEngine(SpeechEngine):
 
         self.model_dir = Path(model_dir)
         require_model("whisper", self.model_dir)
-        if decode_threads < 1:
-            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
+        self._start_decode_pool(decode_threads)   # before the model: a bad count fails fast
         started = time.perf_counter()
         try:
             # cpu_threads=1: each transcription uses one core; num_workers lets `decode_threads`
@@ -90,20 +88,12 @@ class WhisperEngine(SpeechEngine):
         self.end_silence_ms = end_silence_ms
         self.max_segment_s = max_segment_s
         self._to_simplified = _simplifier() if simplified else (lambda text: text)
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="whisper-decode")
-        self._closed = False
 
     def open_stream(self, sample_rate: int, label: str = "") -> WhisperStream:
-        if self._closed:
-            raise RuntimeError("WhisperEngine is closed")
+        self._ensure_open()
         stream = WhisperStream(self, sample_rate)
         stream.label = label  # for logs
         return stream
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- blocking transcription (pool threads, or the caller's own thread) ------------
 
@@ -176,8 +166,7 @@ class WhisperEngine(SpeechEngine):
         return pieces
 
     async def _run(self, fn, *args):
-        if self._closed:
-            raise RuntimeError("WhisperEngine is closed")
+        self._ensure_open()
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
 

@@ -144,7 +144,7 @@ def import_files(args) -> int:
         print(f"callassist archive import: {exc}", file=sys.stderr)
         store.close()
         return 2
-    matcher = Matcher(playbook, threshold=config.matcher.threshold, use_pinyin=config.matcher.pinyin)
+    matcher = Matcher.from_config(playbook, config.matcher)
     failed = 0
     retention = config.storage.retention_days
     try:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seeds"
 sys.path.insert(0, str(REPO))
 
+from prompts.intent import IntentModel  # noqa: E402
 from prompts.matcher import Matcher  # noqa: E402
 from prompts.normalize import folded_alternatives, normalize, to_pinyin  # noqa: E402
 from prompts.playbook import load_playbook  # noqa: E402
@@ -135,6 +136,11 @@ def partials(text: str) -> list[str]:
     return [" ".join(words[:n]) for n in range(1, len(words) + 1)]
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 def clear_text_caches() -> None:
     normalize.cache_clear()
     to_pinyin.cache_clear()
@@ -210,7 +216,12 @@ def main() -> int:
     print(f"playbook: {len(playbook.categories)} categories, {phrases} phrases")
     t0 = time.perf_counter()
     matchers = {"pinyin on": Matcher(playbook), "pinyin off": Matcher(playbook, use_pinyin=False)}
-    print(f"building both matchers: {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    print(f"building both phrase matchers: {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    matchers["+intent"] = Matcher(playbook, intent=IntentModel.load())
+    print(f"loading the intent model: {(time.perf_counter() - t0) * 1e3:.0f} ms, "
+          f"+{_rss_mb() - rss0:.0f} MB resident")
 
     finals = [(c.speaker, c.text) for c in CASES]
     partial_stream = [(c.speaker, p) for c in CASES for p in partials(c.text)]

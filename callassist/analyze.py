@@ -1,12 +1,23 @@
-"""`callassist analyze FILE`: a recording in, an annotated transcript out.
+"""`callassist analyze FILE`: a recording or a transcript in, an annotated transcript out.
 
 Mono files are the customer; stereo files are customer (left) and agent (right)
 unless --channels says otherwise. The audio goes through the same CallPipeline as
 a live call, interleaved in 100 ms steps so both legs advance together.
+
+A transcript (.json, .tsv, .txt, .vtt: see callassist.transcripts) skips recognition:
+its utterances go, as final results in time order, through the TranscriptFeed that the
+CallPipeline uses (the call's CallMatcher), so it gets the cards the same words would get
+from a recording. An untimed transcript (TSV without times, JSON with null times) is
+matched on a synthetic timeline, utterance i (from 0) at [i*4 s, (i+1)*4 s), about a
+spoken turn, so the playbook's cooldowns act as on a call; the JSON output keeps its
+times null, the WebVTT output writes the synthetic times and says so in a NOTE, the text
+output numbers the utterances (#1, #2, ...) instead of giving times. (Read back, that WebVTT
+is untimed again.)
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -18,9 +29,12 @@ from typing import Any
 from callassist.audio import PIPELINE_RATE, AudioError, Recording, read_recording
 from callassist.events import (CallEvent, CardConfirmed, CardFired, CardWithdrawn, Speaker,
                                TranscriptUpdate)
-from callassist.pipeline import CallPipeline
+from callassist.pipeline import CallPipeline, TranscriptFeed
+from callassist.transcripts import (SYNTHETIC_TIMES_NOTE, Transcript, TranscriptError, read_transcript,
+                                    transcript_kind)
 
 CHUNK_SECONDS = 0.1
+UNTIMED_SECONDS = 4.0      # synthetic length of one utterance of an untimed transcript
 SPEAKER_LABELS = {"customer": "客户", "agent": "坐席"}
 
 
@@ -30,8 +44,13 @@ class AnalysisResult:
     utterances: list[dict[str, Any]]
     triggers: list[dict[str, Any]]
     events: list[CallEvent] = field(repr=False, default_factory=list)
+    timed: bool = True         # False: an untimed transcript, on the synthetic timeline
 
     def to_json(self) -> dict[str, Any]:
+        if not self.timed:     # no invented times in the data: null, as the input had them
+            return {"duration": None,
+                    "utterances": [{**u, "start": None, "end": None} for u in self.utterances],
+                    "triggers": [{**t, "start": None, "end": None} for t in self.triggers]}
         return {"duration": round(self.duration, 3), "utterances": self.utterances,
                 "triggers": self.triggers}
 
@@ -109,6 +128,29 @@ async def analyze_recording(recording: Recording, engine, matcher, *, channels: 
     return summarise(events, recording.duration)
 
 
+def analyze_transcript(transcript: Transcript, matcher, *, call_id: str = "analysis") -> AnalysisResult:
+    """A transcript's utterances as final results, in time order, through the TranscriptFeed
+    the CallPipeline uses; untimed ones on the synthetic timeline (see the module docstring)."""
+    events: list[CallEvent] = []
+    feed = TranscriptFeed(call_id, matcher, events.append)
+    lines = transcript.lines
+    if transcript.timed:
+        timeline = [(ln.start, ln.end) for ln in lines]
+        duration = transcript.duration
+    else:
+        timeline = [(i * UNTIMED_SECONDS, (i + 1) * UNTIMED_SECONDS) for i in range(len(lines))]
+        duration = len(lines) * UNTIMED_SECONDS
+    counts = {"customer": 0, "agent": 0}          # utterance numbers are per speaker
+    for i in sorted(range(len(lines)), key=lambda i: (timeline[i][0], i)):
+        line = lines[i]
+        start, end = timeline[i]
+        feed.update(line.speaker, counts[line.speaker], line.text, round(start, 3), round(end, 3), True)
+        counts[line.speaker] += 1
+    result = summarise(events, duration)
+    result.timed = transcript.timed
+    return result
+
+
 def analyze_file(path: str | Path, engine, matcher, *, channels: str = "customer-agent",
                  call_id: str = "analysis", progress: bool = False) -> AnalysisResult:
     """Blocking convenience wrapper (for the archive importer and scripts)."""
@@ -123,8 +165,16 @@ def _clock(seconds: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
+def _untimed_number(seconds: float) -> int:
+    """An utterance's place (1-based) in an untimed transcript, from its synthetic time."""
+    return int(round(seconds / UNTIMED_SECONDS)) + 1
+
+
 def to_vtt(result: AnalysisResult) -> str:
     lines = ["WEBVTT", ""]
+    if not result.timed:
+        lines += [f"{SYNTHETIC_TIMES_NOTE}：原转写没有时间，第 N 句记为 (N-1)×{UNTIMED_SECONDS:g} 秒起 "
+                  f"(synthetic times: the transcript had none)", ""]
     notes = sorted(result.triggers, key=lambda t: t["start"])
     for i, utt in enumerate(result.utterances, 1):
         while notes and notes[0]["start"] <= utt["start"]:
@@ -148,13 +198,16 @@ def _vtt_note(trigger: dict[str, Any]) -> str:
 
 
 def to_text(result: AnalysisResult) -> str:
+    def when(seconds: float) -> str:
+        return _clock(seconds) if result.timed else f"#{_untimed_number(seconds)}"
+
     out = []
     for utt in result.utterances:
-        out.append(f"[{_clock(utt['start'])}] {SPEAKER_LABELS[utt['speaker']]}：{utt['text']}")
+        out.append(f"[{when(utt['start'])}] {SPEAKER_LABELS[utt['speaker']]}：{utt['text']}")
     out.append("")
     out.append(f"触发 {len(result.triggers)} 次")
     for t in result.triggers:
-        out.append(f"[{_clock(t['start'])}] {t['title']}（{t['category']}，{t['severity']}）"
+        out.append(f"[{when(t['start'])}] {t['title']}（{t['category']}，{t['severity']}）"
                    f"{SPEAKER_LABELS[t['speaker']]}：{t['text']}")
         out.extend(f"    {i}. {step}" for i, step in enumerate(t["script"], 1))
         out.extend(f"    《{c['law']}》{c['article']}：{c['quote']}" for c in t["citations"])
@@ -183,29 +236,42 @@ def run(args) -> int:
     from asr import create_engine
     from asr.engine import ModelNotFoundError
     from callassist.config import ConfigError, load_config
+    from prompts.intent import IntentModelError
     from prompts.matcher import Matcher
     from prompts.playbook import PlaybookError, load_playbook
 
+    transcript = recording = engine = None
     try:
         config = load_config(args.config)
         if args.output:
             _check_writable(Path(args.output))   # before minutes of decoding, not after
-        recording = read_recording(args.file)
+        if transcript_kind(args.file):
+            transcript = read_transcript(args.file)   # no recognition: --engine/--model/--channels unused
+        else:
+            recording = read_recording(args.file)
         playbook = load_playbook()
-        # A finished recording gets the accurate post-call engine unless told otherwise.
-        name = args.engine or config.asr.post_call_engine or config.asr.engine
-        engine = create_engine(config, name=name, model=args.model)
-    except (ConfigError, AudioError, PlaybookError, ModelNotFoundError, OutputError) as exc:
+        if recording is not None:
+            # A finished recording gets the accurate post-call engine unless told otherwise.
+            name = args.engine or config.asr.post_call_engine or config.asr.engine
+            engine = create_engine(config, name=name, model=args.model)
+    except (ConfigError, AudioError, TranscriptError, PlaybookError, ModelNotFoundError, OutputError) as exc:
         print(f"callassist analyze: {exc}", file=sys.stderr)
         return 2
-    matcher = Matcher(playbook, threshold=config.matcher.threshold,
-                      use_pinyin=config.matcher.pinyin and not args.no_pinyin)
-    bar = None if args.quiet or not sys.stderr.isatty() else ProgressBar(recording.duration)
+    settings = dataclasses.replace(config.matcher, pinyin=config.matcher.pinyin and not args.no_pinyin)
     try:
-        result = asyncio.run(analyze_recording(recording, engine, matcher, channels=args.channels,
-                                               progress=bar))
-    finally:
-        engine.close()
+        matcher = Matcher.from_config(playbook, settings)
+    except IntentModelError as exc:
+        print(f"callassist analyze: {exc}", file=sys.stderr)
+        return 2
+    if transcript is not None:
+        result = analyze_transcript(transcript, matcher)
+    else:
+        bar = None if args.quiet or not sys.stderr.isatty() else ProgressBar(recording.duration)
+        try:
+            result = asyncio.run(analyze_recording(recording, engine, matcher, channels=args.channels,
+                                                   progress=bar))
+        finally:
+            engine.close()
     text = FORMATTERS[args.format](result)
     if args.output:
         try:

@@ -13,6 +13,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("playbook", "check"): ("prompts.check", "run"),
     ("models", "install"): ("asr.install", "run"),
     ("analyze",): ("callassist.analyze", "run"),
+    ("eval",): ("prompts.evaluate", "run"),
     ("serve",): ("callassist.serve", "run"),
     ("demo",): ("callassist.serve", "run_demo"),
     ("user", "add"): ("agent_ui.users_cli", "add"),
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--archive", help="install from a local .zip instead of downloading")
     install.add_argument("--dest", default="models", help="directory to install into (default: ./models)")
 
-    analyze = sub.add_parser("analyze", help="transcribe a recording and mark complaint triggers")
-    analyze.add_argument("file")
+    analyze = sub.add_parser("analyze", help="transcribe a recording (or read a transcript) and mark complaint triggers")
+    analyze.add_argument("file", help="a recording, or a transcript: .json (analyze's output), "
+                                      ".tsv (speaker<TAB>[start<TAB>end<TAB>]text), .vtt (<v speaker>), .txt")
     analyze.add_argument("--engine", choices=["vosk", "whisper"],
                          help="default: [asr] post_call_engine (whisper), the accurate pass")
     analyze.add_argument("--model", help="model directory")
@@ -53,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--output", "-o", help="write here instead of standard output")
     analyze.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+    evaluate = sub.add_parser("eval", help="score the complaint recogniser on a labelled corpus "
+                                           "(default: the blind test set)")
+    evaluate.add_argument("files", nargs="*", metavar="FILE",
+                          help="labels<TAB>speaker<TAB>text files (default prompts/corpus/blind.tsv)")
+    evaluate.add_argument("--phrases-only", action="store_true",
+                          help="the phrase matcher alone, without the intent model")
+    evaluate.add_argument("--noisy", type=int, default=0, metavar="N",
+                          help="also score N ASR-noised copies of every line")
+    evaluate.add_argument("--details", action="store_true", help="list every miss and false trigger")
     sub.add_parser("serve", help="run the ARI application and the web app")
     demo = sub.add_parser("demo", help="run the web app and play a sample complaint call through it")
     demo.add_argument("--once", action="store_true", help="play the demo call once (default: replay it)")

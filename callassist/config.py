@@ -54,11 +54,13 @@ class AsrConfig:
     whisper_compute_type: str = _checked(_one_of("int8", "int8_float32", "float32"))
     decode_threads: int = _checked(_between(1, 64))
     post_call_engine: str = _checked(_one_of("", "vosk", "whisper"))
+    biasing: bool
 
 
 @dataclass(frozen=True)
 class MatcherConfig:
     pinyin: bool
+    intent: bool
     threshold: float = _checked(_between(50, 100))
 
 

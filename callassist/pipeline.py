@@ -1,6 +1,9 @@
 """One call's speech pipeline: audio per leg in, transcript and prompt-card events out.
 
-    frames (per leg) -> SilenceGate -> recogniser stream (one per leg) -> CallMatcher -> publish
+    frames (per leg) -> SilenceGate -> recogniser stream (one per leg) -> TranscriptFeed -> publish
+
+TranscriptFeed (transcript line published, then matched by the call's CallMatcher) is the
+part that does not need audio: `callassist analyze` of a transcript file uses it alone.
 
 The same pipeline serves live calls (ari_app), the demo, and post-call analysis of
 files (callassist.analyze), so a recording analysed later gives the cards the agent
@@ -161,6 +164,24 @@ class Leg:
         return events
 
 
+class TranscriptFeed:
+    """Transcript lines in, transcript and card events out: each update is published as a
+    TranscriptUpdate, then matched by the call's CallMatcher and its card events published.
+    CallPipeline feeds it the recognisers' results; `callassist analyze` of a transcript
+    file feeds it the file's lines, so both produce their cards the same way."""
+
+    def __init__(self, call_id: str, matcher: Matcher, publish: Publish, day: dt.date | None = None) -> None:
+        self.call_id = call_id
+        self._publish = publish
+        self._matcher = CallMatcher(matcher, call_id, day)
+
+    def update(self, speaker: Speaker, utterance: int, text: str, start: float, end: float,
+               final: bool) -> None:
+        self._publish(TranscriptUpdate(self.call_id, speaker, utterance, text, start, end, final))
+        for card_event in self._matcher.on_transcript(speaker, utterance, text, start, end, final):
+            self._publish(card_event)
+
+
 class CallPipeline:
     """Two ways in: `feed` decodes before it returns (file analysis: deterministic, paced
     by the decoder); `submit` queues and returns at once (live sources: the RTP receiver
@@ -172,7 +193,7 @@ class CallPipeline:
                  *, skip_silence: bool = True, day: dt.date | None = None) -> None:
         self.call_id = call_id
         self._publish = publish
-        self._matcher = CallMatcher(matcher, call_id, day)
+        self._transcript = TranscriptFeed(call_id, matcher, publish, day)
         # Both streams are opened up front, customer first, so a leg that joins late
         # costs nothing extra on the audio path.
         self._legs = {speaker: Leg(speaker, engine.open_stream(PIPELINE_RATE, label=speaker), skip_silence)
@@ -256,8 +277,5 @@ class CallPipeline:
                 leg.shown.discard(event.utterance)
             else:
                 leg.shown.add(event.utterance)
-            self._publish(TranscriptUpdate(self.call_id, leg.speaker, event.utterance, text,
-                                           round(start, 3), round(end, 3), final))
-            for card_event in self._matcher.on_transcript(leg.speaker, event.utterance, text,
-                                                          round(start, 3), round(end, 3), final):
-                self._publish(card_event)
+            self._transcript.update(leg.speaker, event.utterance, text, round(start, 3), round(end, 3),
+                                    final)

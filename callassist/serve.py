@@ -86,7 +86,7 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     _recover_recordings(store.recordings_dir)
     bus = EventBus()
     playbook = load_playbook()
-    matcher = Matcher(playbook, threshold=config.matcher.threshold, use_pinyin=config.matcher.pinyin)
+    matcher = Matcher.from_config(playbook, config.matcher)
     engine = _live_engine(config, demo=demo)
     recordings_dir = store.recordings_dir
 

@@ -224,9 +224,31 @@ def _check_examples(playbook: Playbook, threshold: float, use_pinyin: bool,
     return problems
 
 
+def _check_intent_model(playbook: Playbook) -> list[str]:
+    """The intent model must know exactly the playbook's categories and have been
+    trained on the corpus as it is now (else it is rebuilt with prompts.intent_train)."""
+    from prompts.corpus import CorpusError, corpus_digest, train_dev
+    from prompts.intent import IntentModel, IntentModelError
+    rebuild = "rebuild it with 'python -m prompts.intent_train'"
+    try:
+        model = IntentModel.load()
+        train, dev = train_dev(playbook)
+    except (IntentModelError, CorpusError) as exc:
+        return [str(exc)]
+    problems = []
+    for speaker in ("customer", "agent"):
+        expected = [c.id for c in playbook.categories if c.speaker == speaker]
+        if model.categories(speaker) != expected:
+            problems.append(f"intent model: {speaker} categories differ from the playbook's; {rebuild}")
+    if model.meta.get("corpus") != corpus_digest(train + dev):
+        problems.append(f"intent model: trained on another version of the corpus or playbook "
+                        f"phrases; {rebuild}")
+    return problems
+
+
 def check_playbook(playbook: Playbook, legal_md: Path | None = None, *, threshold: float = 86,
                    use_pinyin: bool = True, match_examples: bool = True,
-                   notes: list[str] | None = None) -> list[str]:
+                   intent_model: bool = False, notes: list[str] | None = None) -> list[str]:
     """Every problem found in an already loaded playbook, one line each.
 
     `legal_md` defaults to <project>/../shared/domain/legal-citations.md; checks that
@@ -239,6 +261,8 @@ def check_playbook(playbook: Playbook, legal_md: Path | None = None, *, threshol
     problems += _check_citations(playbook, legal_md or LEGAL_TABLE, notes)
     if match_examples:
         problems += _check_examples(playbook, threshold, use_pinyin, notes)
+    if intent_model:
+        problems += _check_intent_model(playbook)
     return problems
 
 
@@ -272,7 +296,8 @@ def run(args) -> int:
     except PlaybookError as exc:
         problems = list(exc.problems)
     else:
-        problems = check_playbook(playbook, threshold=threshold, use_pinyin=use_pinyin, notes=notes)
+        problems = check_playbook(playbook, threshold=threshold, use_pinyin=use_pinyin,
+                                  intent_model=True, notes=notes)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     for note in notes:
@@ -284,5 +309,6 @@ def run(args) -> int:
     examples = sum(len(c.examples) + len(c.counter_examples) for c in playbook.categories)
     print(f"ok: {len(playbook.categories)} categories, {phrases} phrases, "
           f"{len(playbook.citations)} citations, {examples} examples checked "
-          f"(threshold {threshold:g}, pinyin {'on' if use_pinyin else 'off'})")
+          f"(threshold {threshold:g}, pinyin {'on' if use_pinyin else 'off'}); "
+          f"the intent model matches the corpus")
     return 0

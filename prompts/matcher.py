@@ -57,7 +57,9 @@ from functools import lru_cache
 import numpy as np
 from rapidfuzz import fuzz
 
+from callassist.config import MatcherConfig
 from callassist.events import Card, CardConfirmed, CardFired, CardWithdrawn, Speaker
+from prompts.intent import IntentModel, Reading
 from prompts.normalize import fold_pinyin, folded_alternatives, normalize, to_pinyin
 from prompts.playbook import Category, Playbook
 
@@ -75,7 +77,7 @@ class Match:
     phrase: str                  # the playbook phrase as written
     score: float                 # 0-100
     span: tuple[int, int]        # [start, end) in the normalised utterance text
-    via: str                     # "chars" or "pinyin"
+    via: str                     # "chars" or "pinyin" (a phrase), or "intent" (the model)
 
 
 @dataclass(frozen=True)
@@ -270,20 +272,45 @@ class _SpeakerIndex:
 class Matcher:
     """Scores utterances against a playbook. Thread-safe (no mutable state after init).
 
+    Two judges, one decision per category (see prompts.intent for the model):
+    - a phrase match (above) fires unless the intent model finds the category very
+      unlikely (probability below the model's `veto`): 我在律所上班 matches 律所 but is
+      no lawsuit threat;
+    - the intent model fires on its own at or above the category's threshold, for what
+      people say beyond the listed phrases (得按两倍退, 找电视台的来拍).
+    Without a model (`intent=None`) the phrase match alone decides.
+
     `h_f` also folds h/f (hu ~ fu), for southern accents; off by default.
     """
 
     def __init__(self, playbook: Playbook, threshold: float = 86, use_pinyin: bool = True,
-                 h_f: bool = False) -> None:
+                 h_f: bool = False, intent: IntentModel | None = None) -> None:
         self.playbook = playbook
         self.threshold = threshold
         self.use_pinyin = use_pinyin
         self.h_f = h_f
+        self.intent = intent
+        self.veto = float(intent.meta.get("veto", 0.0)) if intent else 0.0
+        self._category_index = {c.id: i for i, c in enumerate(playbook.categories)}
+        if intent is not None:
+            unknown = {c for s in ("customer", "agent") for c in intent.categories(s)} - set(
+                self._category_index)
+            if unknown:
+                raise ValueError(f"intent model knows categories the playbook has not: "
+                                 f"{', '.join(sorted(unknown))}; rebuild it with "
+                                 "'python -m prompts.intent_train'")
         indexed = list(enumerate(playbook.categories))
         self._speakers: dict[str, _SpeakerIndex] = {
             speaker: _SpeakerIndex([(i, c) for i, c in indexed if c.speaker == speaker],
                                    threshold, h_f)
             for speaker in ("customer", "agent")}
+
+    @classmethod
+    def from_config(cls, playbook: Playbook, config: MatcherConfig, intent: bool = True) -> Matcher:
+        """The matcher as configured ([matcher] in callassist.toml): the bundled intent
+        model unless `[matcher] intent = false` or `intent` is False."""
+        model = IntentModel.load() if intent and config.intent else None
+        return cls(playbook, threshold=config.threshold, use_pinyin=config.pinyin, intent=model)
 
     def _prepare(self, text: str) -> _Text:
         chars = normalize(text)
@@ -299,18 +326,58 @@ class Matcher:
         prepared = self._prepare(text)
         if not prepared.chars:
             return []
-        by_chars, by_pinyin = index.candidates(prepared, self.use_pinyin)
+        reading = (self.intent.read(prepared.chars, prepared.folded, speaker)
+                   if self.intent is not None else None)
+        if reading is None:
+            matches = list(self._phrase_matches(index, prepared).values())
+        else:
+            matches = self._judged(index, prepared, reading)
+        matches.sort(key=lambda m: -m.score)
+        return matches
+
+    def _phrase_matches(self, index: _SpeakerIndex, text: _Text,
+                        only: set[int] | None = None) -> dict[str, Match]:
+        """The best phrase match per category (of those in `only`, when given)."""
+        if only is not None and not only:
+            return {}
+        by_chars, by_pinyin = index.candidates(text, self.use_pinyin)
         per_category: dict[int, tuple[list[_Phrase], list[_Phrase]]] = defaultdict(lambda: ([], []))
         for phrase in by_chars:
             per_category[phrase.category][0].append(phrase)
         for phrase in by_pinyin:
             per_category[phrase.category][1].append(phrase)
-        matches = []
+        found: dict[str, Match] = {}
         for cat_index, (char_phrases, pinyin_phrases) in per_category.items():
-            best = self._best_in_category(index, cat_index, prepared, char_phrases, pinyin_phrases)
+            if only is not None and cat_index not in only:
+                continue
+            best = self._best_in_category(index, cat_index, text, char_phrases, pinyin_phrases)
             if best is not None:
-                matches.append(best)
-        matches.sort(key=lambda m: -m.score)
+                found[best.category.id] = best
+        return found
+
+    def _judged(self, index: _SpeakerIndex, text: _Text, reading: Reading) -> list[Match]:
+        """Phrase matches the intent model does not veto, and the model's own fires. Only
+        categories the model finds at least as likely as the veto (or its threshold) can
+        fire at all, so the phrase matcher runs for those alone: on ordinary talk, most of
+        a call, it does not run."""
+        likely = reading.likely(self.veto)
+        phrase_matches = self._phrase_matches(
+            index, text, {self._category_index[c] for c in likely})
+        matches = []
+        for category_id in likely:
+            cat_index = self._category_index[category_id]
+            excluded = index.excluded_spans(cat_index, text)
+            p = (reading.without(category_id, excluded) if excluded
+                 else reading.probability(category_id))
+            phrase_match = phrase_matches.get(category_id)
+            if phrase_match is not None and p >= self.veto:
+                matches.append(phrase_match)
+            elif p >= reading.threshold(category_id):
+                span = reading.span(category_id, excluded)
+                if span[1] > span[0]:
+                    matches.append(Match(self.playbook.categories[cat_index],
+                                         text.chars[slice(*span)], round(100 * p, 1), span,
+                                         "intent"))
         return matches
 
     def exclusion_may_follow(self, match: Match, text: str) -> bool:

@@ -116,6 +116,24 @@ def test_stereo_json(stereo_json, small_call):
         "the neutral agent turn fires nothing"
 
 
+def test_json_output_read_back_gives_the_same_triggers(stereo_json, tmp_path):
+    """analyze audio -> JSON -> analyze that JSON (and its WebVTT): the same utterances and
+    triggers, all fields (Whisper gives final results only, as a transcript does)."""
+    saved = tmp_path / "call.json"
+    saved.write_text(json.dumps(stereo_json, ensure_ascii=False), encoding="utf-8")
+    proc = analyze(saved)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    again = json.loads(proc.stdout)
+    assert again == stereo_json
+    assert [t["category"] for t in again["triggers"]] == ["regulator_complaint"]
+
+    proc = analyze(saved, "--format", "vtt", "-o", tmp_path / "call.vtt")
+    assert proc.returncode == 0, proc.stderr
+    proc = analyze(tmp_path / "call.vtt")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["triggers"] == stereo_json["triggers"]
+
+
 def test_mono_8k_wav_is_the_customer(audio_dir, small_call):
     proc = analyze(audio_dir / "customer_8k.wav", "--engine", "whisper", "--format", "json")
     assert proc.returncode == 0, proc.stderr

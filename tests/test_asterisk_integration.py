@@ -209,7 +209,7 @@ def matcher():
     from prompts.playbook import load_playbook
 
     config = app_config()
-    return Matcher(load_playbook(), threshold=config.matcher.threshold, use_pinyin=config.matcher.pinyin)
+    return Matcher.from_config(load_playbook(), config.matcher)
 
 
 @contextlib.asynccontextmanager

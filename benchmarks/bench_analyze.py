@@ -5,9 +5,10 @@
 
 Every call is rendered with callassist.testcalls (cached on disk) and run through
 analyze_recording, i.e. the product's CallPipeline with a real engine. Each call is
-recognised ONCE per band; its transcript updates are then matched twice, by a fresh
-CallMatcher with pinyin matching on and one with it off, so the two columns differ only
-in what pinyin buys, not in ASR noise.
+recognised ONCE per band; its transcript updates are then matched three times, by a fresh
+CallMatcher: the product's (phrases + intent model), phrases alone with pinyin matching on,
+and with it off, so the columns differ only in what the model and pinyin buy, not in ASR
+noise.
 
 Recall is counted per episode: the turns of a call expecting one category on one speaker
 within that category's cooldown of the first (the product cards such a repeat once; see
@@ -42,6 +43,7 @@ from callassist.analyze import AnalysisResult, analyze_recording, summarise  # n
 from callassist.audio import Recording  # noqa: E402
 from callassist.events import CallEvent, TranscriptUpdate  # noqa: E402
 from callassist.testcalls import BuiltCall, CallScript, build_call, load_calls  # noqa: E402
+from prompts.intent import IntentModel  # noqa: E402
 from prompts.matcher import CallMatcher, Matcher  # noqa: E402
 from prompts.playbook import Playbook, load_playbook  # noqa: E402
 
@@ -197,7 +199,7 @@ class Run:
     result: AnalysisResult
     wall: float
     cpu: float
-    scores: dict[str, CallScore]          # "pinyin" / "chars" -> score
+    scores: dict[str, CallScore]          # "intent" / "pinyin" / "chars" -> score
 
 
 def cpu_seconds() -> float:
@@ -210,7 +212,7 @@ def run_engine(name: str, engine, calls: list[BuiltCall], playbook: Playbook,
     runs = []
     for call in calls:
         wall, cpu = time.perf_counter(), cpu_seconds()
-        result = asyncio.run(analyze_call(call, engine, matchers["pinyin"]))
+        result = asyncio.run(analyze_call(call, engine, next(iter(matchers.values()))))
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         scores = {mode: score_call(call, rematch(result, m, call.script.id).triggers, playbook)
                   for mode, m in matchers.items()}
@@ -235,9 +237,13 @@ def print_details(run: Run) -> None:
                   f"({trig['start']:.2f}-{trig['end']:.2f}) {trig['text']} ~ {trig['phrase']}")
 
 
+MODE_LABELS = {"intent": "phrases + intent", "pinyin": "phrases, pinyin ON",
+               "chars": "phrases, pinyin OFF"}
+
+
 def print_report(runs: list[Run]) -> None:
-    modes = ("pinyin", "chars")
-    header = f"{'':44s}" + "".join(f"{'pinyin ON' if m == 'pinyin' else 'pinyin OFF':>26s}" for m in modes)
+    modes = tuple(runs[0].scores)
+    header = f"{'':44s}" + "".join(f"{MODE_LABELS.get(m, m):>26s}" for m in modes)
     engines = list(dict.fromkeys(r.engine for r in runs))
     for engine in engines:
         mine = [r for r in runs if r.engine == engine]
@@ -264,6 +270,12 @@ def print_report(runs: list[Run]) -> None:
                 cells.append(t.cell() if agitated is None else
                              f"{t.hits:3d}/{t.expected:<3d} {100 * t.recall:5.1f}%        ")
             print(f"{label:44s}" + "".join(f"{c:>26s}" for c in cells))
+        neutral = [r for r in mine if r.call.script.neutral]
+        neutral_hours = sum(r.call.duration for r in neutral) / 3600
+        if neutral_hours:
+            print(f"{'false triggers per hour of neutral calls':44s}" + "".join(
+                f"{sum(len(r.scores[m].false) for r in neutral) / neutral_hours:>19.1f} /hour"
+                for m in modes))
         audio = sum(r.call.duration for r in mine)
         wall = sum(r.wall for r in mine)
         cpu = sum(r.cpu for r in mine)
@@ -326,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"rendered {len(calls)} calls ({sum(c.duration for c in calls):.0f} s of audio) "
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     playbook = load_playbook()
-    matchers = {"pinyin": Matcher(playbook, use_pinyin=True), "chars": Matcher(playbook, use_pinyin=False)}
+    matchers = {"intent": Matcher(playbook, intent=IntentModel.load()),
+                "pinyin": Matcher(playbook, use_pinyin=True), "chars": Matcher(playbook, use_pinyin=False)}
     runs: list[Run] = []
     for name, engine in open_engines(args.engine):
         try:

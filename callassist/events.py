@@ -38,7 +38,7 @@ class Card:
     severity: Severity
     speaker: Speaker
     text: str                 # the words that triggered it (normalised utterance text)
-    phrase: str               # the playbook phrase it matched
+    phrase: str               # the playbook phrase it matched, or the words the model weighed most
     score: float
     start: float
     end: float
@@ -47,6 +47,8 @@ class Card:
     citations: tuple[CitationView, ...]
     alert_supervisor: bool
     confirmed: bool = False   # True once a final transcript still matches
+    heard: str = ""           # the part of `text` that made it fire (how it was heard)
+    via: str = ""             # chars | pinyin (a playbook phrase) | intent (the model)
 
 
 @dataclass(frozen=True, slots=True)

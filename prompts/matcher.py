@@ -536,4 +536,5 @@ class CallMatcher:
             score=round(match.score, 1), start=start, end=end, utterance=utterance,
             script=category.script,
             citations=self.matcher.playbook.citation_views(category, self.day),
-            alert_supervisor=category.alert_supervisor, confirmed=confirmed)
+            alert_supervisor=category.alert_supervisor, confirmed=confirmed,
+            heard=text[slice(*match.span)], via=match.via)

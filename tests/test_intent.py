@@ -122,6 +122,8 @@ def test_call_matcher_fires_on_a_partial_and_confirms_on_the_final(matcher):
     call = CallMatcher(matcher, "c1")
     partial = call.on_transcript("customer", 0, "得按两倍给我退", 1.0, 2.0, final=False)
     assert [e.card.category for e in partial if hasattr(e, "card")] == ["double_refund"]
+    card = partial[0].card
+    assert card.via == "intent" and card.heard and card.heard in card.text   # what to highlight
     final = call.on_transcript("customer", 0, "得按两倍给我退回来", 1.0, 3.0, final=True)
     assert [type(e).__name__ for e in final] == ["CardConfirmed"]
     again = call.on_transcript("customer", 0, "得按两倍给我退回来", 1.0, 3.0, final=True)
@@ -217,3 +219,31 @@ def test_blind_set_accuracy_floor(matcher, phrases_only, playbook):
     assert result.total.recall >= BLIND_RECALL_FLOOR
     assert result.false_per_200_ordinary <= BLIND_FALSE_PER_200_CAP
     assert result.total.recall > before.total.recall      # the model adds recognition
+
+
+# ---------------------------------------------------------------- callassist eval
+
+def test_eval_command_reports_per_category_and_false_triggers(tmp_path, capsys):
+    from callassist.cli import main
+    corpus = tmp_path / "mine.tsv"
+    corpus.write_text("# a tiny corpus\n"
+                      "regulator_complaint\tcustomer\t我要去工信部投诉你们\n"
+                      "-\tcustomer\t我想查一下这个月的流量还剩多少\n"
+                      "agent_forbidden_phrase\tagent\t你去告吧随便你\n", encoding="utf-8")
+    assert main(["eval", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "regulator_complaint" in out and "1/1" in out
+    assert "false triggers on ordinary lines: 0 (0.0 per 200)" in out
+    assert main(["eval", "--phrases-only", str(corpus)]) == 0
+    assert "phrases only" in capsys.readouterr().out
+
+
+def test_eval_command_bad_input_is_one_clear_line(tmp_path, capsys):
+    from callassist.cli import main
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("regulator_complaint\tcustomer\n", encoding="utf-8")
+    assert main(["eval", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("callassist eval: ") and "bad.tsv:1" in err
+    assert main(["eval", str(tmp_path / "missing.tsv")]) == 2
+    assert "missing.tsv" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from callassist.events import (CallEvent, CardConfirmed, CardFired, CardWithdraw
 from callassist.pipeline import CallPipeline, TranscriptFeed
 from callassist.transcripts import (SYNTHETIC_TIMES_NOTE, Transcript, TranscriptError, read_transcript,
                                     transcript_kind)
+from prompts.playbook import SEVERITY_LABELS
 
 CHUNK_SECONDS = 0.1
 UNTIMED_SECONDS = 4.0      # synthetic length of one utterance of an untimed transcript
@@ -190,9 +191,14 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _severity(trigger: dict[str, Any]) -> str:
+    """The severity as the screens name it (严重); the JSON keeps the id (critical)."""
+    return SEVERITY_LABELS.get(trigger["severity"], trigger["severity"])
+
+
 def _vtt_note(trigger: dict[str, Any]) -> str:
     # "-->" may not appear inside a NOTE block.
-    text = (f"NOTE 触发 {trigger['category']} [{trigger['severity']}] {trigger['title']} "
+    text = (f"NOTE 触发 [{_severity(trigger)}] {trigger['title']} "
             f"@{_clock(trigger['start'])} {SPEAKER_LABELS[trigger['speaker']]}：{trigger['text']}")
     return text.replace("-->", "->")
 
@@ -207,7 +213,7 @@ def to_text(result: AnalysisResult) -> str:
     out.append("")
     out.append(f"触发 {len(result.triggers)} 次")
     for t in result.triggers:
-        out.append(f"[{when(t['start'])}] {t['title']}（{t['category']}，{t['severity']}）"
+        out.append(f"[{when(t['start'])}] [{_severity(t)}] {t['title']} "
                    f"{SPEAKER_LABELS[t['speaker']]}：{t['text']}")
         out.extend(f"    {i}. {step}" for i, step in enumerate(t["script"], 1))
         out.extend(f"    《{c['law']}》{c['article']}：{c['quote']}" for c in t["citations"])

@@ -3,7 +3,8 @@
 Structural problems come from `load_playbook`. `check_playbook` then checks what
 the loader cannot: the category ids the product relies on, unknown citation keys,
 citations against the verified legal table (row present, status VERIFIED, quote
-verbatim, article number in the row, versions that meet without overlap), empty
+verbatim, article number in the row, versions that meet without overlap), every
+quote a complete provision (no sentence cut off, no list item without its lead-in), empty
 scripts, malformed or duplicate phrases, and finally, with the real matcher,
 that every example fires its category, no counter-example does, and no
 key_phrase an agent is meant to say trips an agent-side category.
@@ -35,6 +36,13 @@ _SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 _ROW_ID = re.compile(r"\d+[a-z]?")
 _ARTICLE = re.compile(r"第[零〇一二三四五六七八九十百千]+条(?:之[一二三四五六七八九十])?")
 _QUOTE = re.compile(r"「(.*?)」")
+# A list item's number as laws write it: （一） (一) （1） 1. 1、 一、
+_ITEM = r"(?:[（(](?:[一二三四五六七八九十百]+|\d+)[）)]|\d+[.．、]|[一二三四五六七八九十百]+、)"
+_STARTS_WITH_ITEM = re.compile(_ITEM)
+_LEAD_IN_ITEM = re.compile("：(?:…+)?" + _ITEM)    # 有下列情形之一的……：（一）…
+_ELLIPSIS = re.compile(r"…+")                       # …… marks text of the law left out
+_SENTENCE_END = "。！？"
+_CLOSERS = "”’」』）)》"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class LegalRow:
     article: str        # the Art. cell, whitespace removed
     status: str
     quotes: tuple[str, ...]   # the 「」 quotations, whitespace removed
+    # quotations written side by side (「…」「…」, nothing between), which a quote may join
+    runs: tuple[tuple[str, ...], ...] = ()
 
 
 def _squash(text: str) -> str:
@@ -58,9 +68,81 @@ def parse_legal_table(path: Path) -> dict[str, LegalRow]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 7 or not _ROW_ID.fullmatch(cells[0]):
             continue
+        runs: list[list[str]] = []
+        previous_end = None
+        for m in _QUOTE.finditer(line):
+            if previous_end is None or line[previous_end:m.start()].strip():
+                runs.append([])
+            runs[-1].append(_squash(m.group(1)))
+            previous_end = m.end()
         rows[cells[0]] = LegalRow(row_id=cells[0], article=_squash(cells[3]), status=cells[-1],
-                                  quotes=tuple(_squash(q) for q in _QUOTE.findall(line)))
+                                  quotes=tuple(_squash(q) for q in _QUOTE.findall(line)),
+                                  runs=tuple(tuple(r) for r in runs))
     return rows
+
+
+def incomplete_reason(quote: str) -> str | None:
+    """Why `quote` is not a complete provision, or None when it is.
+
+    A card must show something that can be read aloud and relied on: a quote ends
+    where a sentence of the law ends (。！？), and a list item comes with its lead-in
+    (有下列情形之一的……：（一）…；), in which case it may end as the law ends the
+    item (；). An item of the law skipped between lead-in and item is marked ……
+    """
+    text = _squash(quote)
+    if not text:
+        return "it is empty"
+    item = _STARTS_WITH_ITEM.match(text)
+    if item:
+        return (f"it is a bare list item {item.group()} without its lead-in: quote the lead-in "
+                f"before it (……：{item.group()}…)")
+    if _ELLIPSIS.match(text):
+        return "it starts with an ellipsis, mid-sentence"
+    end = text.rstrip(_CLOSERS) or text
+    last = end[-1]
+    if last in _SENTENCE_END:
+        return None
+    if last == "；" and _LEAD_IN_ITEM.search(text):
+        return None                         # a list item after its lead-in, as the law ends it
+    if last in "，、：；,;:…":
+        return f"it ends mid-sentence in '{last}': quote up to the end of the sentence"
+    return "it does not end with sentence-final punctuation (。！？)"
+
+
+def _runs(row: LegalRow) -> tuple[tuple[str, ...], ...]:
+    return row.runs or tuple((q,) for q in row.quotes)
+
+
+def _locate(quote: str, row: LegalRow) -> tuple[int, int] | None:
+    """Where `quote` starts in the row, (run, offset), or None if it is not verbatim.
+
+    The quote is one or more parts separated by …… (text of the law left out); each part
+    is a verbatim substring of one run of side-by-side quotations, the parts in row order.
+    """
+    parts = _ELLIPSIS.split(_squash(quote))
+    if parts and not parts[0]:
+        parts = parts[1:]                   # a leading …… is judged by incomplete_reason
+    if not parts or not all(parts):
+        return None
+    runs = ["".join(run) for run in _runs(row)]
+    first = None
+    run_i, offset = 0, 0
+    for part in parts:
+        while run_i < len(runs) and runs[run_i].find(part, offset) < 0:
+            run_i, offset = run_i + 1, 0
+        if run_i == len(runs):
+            return None
+        found = runs[run_i].find(part, offset)
+        first = first or (run_i, found)
+        offset = found + len(part)
+    return first
+
+
+def _starts_mid_sentence(row: LegalRow, run_i: int, offset: int) -> bool:
+    """A quote taken from inside a quotation must start where a sentence or clause starts."""
+    run = _runs(row)[run_i]
+    starts = {sum(len(q) for q in run[:i]) for i in range(len(run))}
+    return offset not in starts and "".join(run)[offset - 1] not in _SENTENCE_END + "；"
 
 
 def _normalise_phrase(text: str) -> str:
@@ -142,6 +224,11 @@ def _check_duplicates(playbook: Playbook) -> list[str]:
     return problems
 
 
+def _version_where(where: str, cit) -> str:
+    return where + (f" (in force from {cit.in_force_from})" if cit.in_force_from
+                    else f" (in force until {cit.in_force_until})" if cit.in_force_until else "")
+
+
 def _check_citations(playbook: Playbook, legal_md: Path, notes: list[str]) -> list[str]:
     problems = []
     if not legal_md.is_file():
@@ -154,21 +241,30 @@ def _check_citations(playbook: Playbook, legal_md: Path, notes: list[str]) -> li
         if not _SNAKE.fullmatch(key):
             problems.append(f"{where}: key must be snake_case")
         problems.extend(_check_versions(where, versions))
+        for cit in versions:
+            vwhere = _version_where(where, cit)
+            reason = incomplete_reason(cit.quote)
+            if reason:
+                problems.append(f"{vwhere}: quote is not a complete provision: {reason}: "
+                                f"{cit.quote[:40]}{'…' if len(cit.quote) > 40 else ''}")
         if rows is None:
             continue
         for cit in versions:
-            vwhere = where + (f" (in force from {cit.in_force_from})" if cit.in_force_from
-                              else f" (in force until {cit.in_force_until})" if cit.in_force_until else "")
+            vwhere = _version_where(where, cit)
             row = rows.get(str(cit.source_row))
             if row is None:
                 problems.append(f"{vwhere}: source_row {cit.source_row!r} is not a row of {legal_md.name}")
                 continue
             if not row.status.startswith("VERIFIED"):
                 problems.append(f"{vwhere}: row {row.row_id} is not VERIFIED (status: {row.status})")
-            quote = _squash(cit.quote)
-            if not any(quote in q for q in row.quotes):
+            where_in_row = _locate(cit.quote, row)
+            if where_in_row is None:
                 problems.append(f"{vwhere}: quote is not a verbatim substring of a 「」 quotation "
-                                f"in row {row.row_id}: {cit.quote[:40]}…")
+                                f"in row {row.row_id} (side-by-side quotations may be joined, "
+                                f"…… between parts in row order): {cit.quote[:40]}…")
+            elif _starts_mid_sentence(row, where_in_row[0], where_in_row[1]):
+                problems.append(f"{vwhere}: quote is not a complete provision: it starts "
+                                f"mid-sentence in row {row.row_id}: {cit.quote[:40]}…")
             number = _ARTICLE.search(cit.article)
             if number and number.group() not in row.article:
                 problems.append(f"{vwhere}: article {number.group()} does not appear in row "

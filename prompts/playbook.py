@@ -18,6 +18,9 @@ from callassist.events import CitationView, Severity, Speaker
 PLAYBOOK_FILE = Path(__file__).with_name("playbook.toml")
 CITATIONS_FILE = Path(__file__).with_name("citations.toml")
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+# How people read them: the names the web UI shows (agent_ui/static/js/common.js SEVERITIES),
+# used wherever a severity appears in Chinese text (analyze --format text|vtt).
+SEVERITY_LABELS: dict[str, str] = {"info": "提示", "warning": "警告", "critical": "严重"}
 
 
 class PlaybookError(ValueError):

@@ -220,7 +220,8 @@ def test_vtt(audio_dir, small_call, stereo_json):
         assert abs(start - utt["start"]) < 0.002 and end <= small_call.duration + 0.05
     assert any(c[2].startswith("<v 客户>") for c in cues) and any(c[2].startswith("<v 坐席>") for c in cues)
     assert len(notes) == len(stereo_json["triggers"]) == 1
-    assert "regulator_complaint" in notes[0] and "客户" in notes[0]
+    assert notes[0].startswith("NOTE 触发 [严重] 越级投诉") and "客户" in notes[0]
+    assert "regulator_complaint" not in notes[0] and "critical" not in notes[0]
 
 
 def test_text_format_and_progress_bar_on_a_terminal(audio_dir):
@@ -250,7 +251,8 @@ def test_text_format_and_progress_bar_on_a_terminal(audio_dir):
     assert "Traceback" not in terminal
     assert re.search(r"^\[\d{2}:\d{2}:\d{2}\.\d{3}\] 客户：", proc.stdout, re.M), proc.stdout
     assert re.search(r"^\[\d{2}:\d{2}:\d{2}\.\d{3}\] 坐席：", proc.stdout, re.M), proc.stdout
-    assert "触发 1 次" in proc.stdout and "regulator_complaint" in proc.stdout
+    assert "触发 1 次" in proc.stdout and re.search(r"^\[[\d:.]+\] \[严重\] 越级投诉.* 客户：", proc.stdout, re.M)
+    assert "regulator_complaint" not in proc.stdout and "critical" not in proc.stdout
 
 
 def test_progress_bar_draws_in_place():

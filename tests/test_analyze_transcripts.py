@@ -138,7 +138,12 @@ def test_timed_tsv_round_trips_through_json_vtt_and_text(tmp_path):
 
     proc = analyze(tsv, "--format", "vtt")
     assert proc.returncode == 0, proc.stderr
-    assert "<v 客户>" in proc.stdout and "NOTE 触发 regulator_complaint" in proc.stdout
+    playbook = load_playbook()
+    regulator = playbook.category("regulator_complaint").title        # 越级投诉（…）
+    assert "<v 客户>" in proc.stdout and f"NOTE 触发 [严重] {regulator} @00:00:00.500 客户：" in proc.stdout
+    notes = "\n".join(b for b in proc.stdout.split("\n\n") if b.startswith("NOTE 触发"))
+    english = [c.id for c in playbook.categories] + ["info", "warning", "critical"]
+    assert notes.count("NOTE 触发") == 3 and not [w for w in english if w in notes], notes
     again = analyze_json(write(tmp_path / "out.vtt", proc.stdout))
     assert again["triggers"] == doc["triggers"] and again["utterances"] == doc["utterances"]
 
@@ -146,6 +151,8 @@ def test_timed_tsv_round_trips_through_json_vtt_and_text(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "[00:00:00.500] 客户：" + COMPLAINT in proc.stdout
     assert "触发 3 次" in proc.stdout
+    assert f"[00:00:00.500] [严重] {regulator} 客户：{doc['triggers'][0]['text']}" in proc.stdout
+    assert not [w for w in english if w in proc.stdout], proc.stdout
 
 
 def test_untimed_tsv_keeps_times_null_and_says_so(tmp_path):
@@ -168,7 +175,7 @@ def test_untimed_tsv_keeps_times_null_and_says_so(tmp_path):
 
     text = analyze(tsv, "--format", "text").stdout
     assert f"[#1] 客户：{COMPLAINT}" in text and f"[#3] 客户：{MEDIA}" in text
-    assert "[#3] 媒体曝光威胁" in text
+    assert "[#3] [严重] 媒体曝光威胁 客户：" in text
 
 
 def test_untimed_utterances_are_spaced_like_spoken_turns(matcher, tmp_path):
@@ -215,7 +222,11 @@ def test_categories_keep_to_their_speaker(tmp_path):
     """工信部 said by the agent is no regulator complaint, 你去告吧 said by the customer no
     forbidden phrase; the same lines from the other side fire (the positive control)."""
     swapped = write(tmp_path / "swapped.tsv", f"agent\t{COMPLAINT}\ncustomer\t{FORBIDDEN}\n")
-    assert categories(analyze_json(swapped)) == []
+    fired = categories(analyze_json(swapped))
+    assert ("regulator_complaint", "agent") not in fired
+    assert ("agent_forbidden_phrase", "customer") not in fired
+    assert all(speaker == ("agent" if category.startswith("agent_") else "customer")
+               for category, speaker in fired)
     right = write(tmp_path / "right.tsv", f"customer\t{COMPLAINT}\nagent\t{FORBIDDEN}\n")
     assert categories(analyze_json(right)) == [("regulator_complaint", "customer"),
                                                ("agent_forbidden_phrase", "agent")]

@@ -8,14 +8,19 @@ from pathlib import Path
 import pytest
 
 from callassist.cli import main
-from prompts.check import LEGAL_TABLE, REQUIRED_IDS, check_files, check_playbook, parse_legal_table
+from prompts.check import (LEGAL_TABLE, REQUIRED_IDS, check_files, check_playbook, incomplete_reason,
+                           parse_legal_table)
 from prompts.playbook import load_playbook
 
-# A two-row legal table in the format of shared/domain/legal-citations.md.
+# A few rows of a legal table in the format of shared/domain/legal-citations.md
+# (1q, 1o, 1u as in the shared table: a lead-in and its items, a sentence cut at "，").
 LEGAL_MD = """\
 | # | Law (full name) | Version in force | Art. | Key sentence(s), verbatim | Source | Status |
 |---|---|---|---|---|---|---|
 | 1d | 中华人民共和国民法典 | same | 第一千一百八十三条 | 「侵害自然人人身权益造成严重精神损害的，被侵权人有权请求精神损害赔偿。」 | LRB; FLK | VERIFIED |
+| 1q | 民法典 (extra) | same | 第一千零二十五条 | 「行为人为公共利益实施新闻报道、舆论监督等行为，影响他人名誉的，不承担民事责任，但是有下列情形之一的除外：」「（一）捏造、歪曲事实；」 | LRB; FLK | VERIFIED |
+| 1o | 民法典 (extra) | same | 第一百七十九条 | 「承担民事责任的方式主要有：」…「（十）消除影响、恢复名誉；」「（十一）赔礼道歉。」 | LRB; FLK | VERIFIED |
+| 1u | 民法典 (extra) | same | 第九百八十五条 | 「得利人没有法律根据取得不当利益的，受损失的人可以请求得利人返还取得的利益，」 | LRB; FLK | VERIFIED |
 | 4f | 申诉办法 | same | **Article number UNVERIFIED** | 「申诉受理机构应当自收到全部申诉材料之日起30日内向申诉人作出答复，将申诉处理情况告知申诉人。」 | P-HUBCA | TEXT VERIFIED / ART. NO. UNVERIFIED |
 """
 
@@ -103,12 +108,29 @@ def test_court_words_are_scoped_by_speaker(shipped):
 
 
 def test_renumbered_law_shows_the_version_in_force(shipped):
+    privacy = shipped.category("privacy_leak")
+    before = {v.key: v.article for v in shipped.citation_views(privacy, dt.date(2025, 6, 1))}
+    after = {v.key: v.article for v in shipped.citation_views(privacy, dt.date(2026, 3, 1))}
+    assert before["cybersecurity_law_personal_info"] == "第四十二条"
+    assert after["cybersecurity_law_personal_info"] == "第四十四条"
+    assert before["pipl_57"] == after["pipl_57"] == "第五十七条"
+    # 治安管理处罚法: the table quotes the 2012 articles only as fragments, so before 2026
+    # the card shows no version rather than a cut-off sentence
     extortion = shipped.category("extortion")
-    before = {v.key: v.article for v in shipped.citation_views(extortion, dt.date(2025, 6, 1))}
+    before = {v.key for v in shipped.citation_views(extortion, dt.date(2025, 6, 1))}
     after = {v.key: v.article for v in shipped.citation_views(extortion, dt.date(2026, 3, 1))}
-    assert before["public_security_penalty_extortion"] == "第四十九条"
+    assert "public_security_penalty_extortion" not in before
     assert after["public_security_penalty_extortion"] == "第五十八条"
-    assert before["criminal_law_274"] == after["criminal_law_274"] == "第二百七十四条"
+
+
+def test_shipped_citations_are_complete_provisions(shipped):
+    quotes = {c.quote: key for key, versions in shipped.citations.items() for c in versions}
+    assert {q: incomplete_reason(q) for q in quotes if incomplete_reason(q)} == {}
+    # the fragments the first look found are gone or whole
+    assert "（一）与经营者协商和解；" not in quotes
+    assert not [q for q in quotes if q.endswith(("，", "：")) or q.startswith(("（", "("))]
+    media = {v.key: v.quote for v in shipped.citation_views(shipped.category("media_exposure"))}
+    assert media["civil_code_1025"].endswith("但是有下列情形之一的除外：（一）捏造、歪曲事实；")
 
 
 def test_no_unverified_rows_are_cited(shipped):
@@ -160,6 +182,66 @@ def test_quote_not_in_the_legal_table(tmp_path):
                                   "of a 「」 quotation in row 1d")
 
 
+ARTICLES = {"1d": "第一千一百八十三条", "1q": "第一千零二十五条", "1o": "第一百七十九条", "1u": "第九百八十五条"}
+
+
+def citation(key: str, quote: str, row: str) -> str:
+    return (f'[{key}]\nlaw = "中华人民共和国民法典"\narticle = "{ARTICLES[row]}"\nquote = "{quote}"\n'
+            f'source_row = "{row}"\n')
+
+
+LEAD_IN_1025 = "行为人为公共利益实施新闻报道、舆论监督等行为，影响他人名誉的，不承担民事责任，但是有下列情形之一的除外："
+
+
+@pytest.mark.parametrize("quote, row, problem", [
+    ("得利人没有法律根据取得不当利益的，受损失的人可以请求得利人返还取得的利益，", "1u",
+     "it ends mid-sentence in '，'"),
+    (LEAD_IN_1025, "1q", "it ends mid-sentence in '：'"),
+    ("（一）捏造、歪曲事实；", "1q", "it is a bare list item （一） without its lead-in"),
+    ("（十一）赔礼道歉。", "1o", "it is a bare list item （十一） without its lead-in"),
+    ("被侵权人有权请求精神损害赔偿。", "1d", "it starts mid-sentence in row 1d"),
+], ids=["ends-in-comma", "lead-in-only", "bare-item", "bare-last-item", "starts-mid-sentence"])
+def test_fragment_quote_is_refused(tmp_path, quote, row, problem):
+    """A quote a card cannot read aloud: cut at a comma or colon, a list item without the
+    sentence that introduces it, or taken from the middle of a sentence."""
+    problems = problems_of(tmp_path, citations=CITATIONS + citation("fragment", quote, row))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("citation fragment: quote is not a complete provision: ")
+    assert problem in problems[0]
+
+
+def test_fragment_quote_fails_the_check_command(tmp_path, monkeypatch, capsys):
+    """`callassist playbook check` exits 1 naming the fragment (playbook and citations as files)."""
+    import prompts.check
+    fragment = citation("civil_code_985", "得利人没有法律根据取得不当利益的，受损失的人可以请求得利人返还取得的利益，", "1u")
+    playbook, cits, legal_md = write_case(tmp_path, category=CATEGORY.replace(
+        '["civil_code_1183"]', '["civil_code_1183", "civil_code_985"]'), citations=CITATIONS + fragment)
+    monkeypatch.setattr(prompts.check, "LEGAL_TABLE", legal_md)
+    monkeypatch.setattr(prompts.check, "load_playbook", lambda: load_playbook(playbook, cits))
+    assert main(["playbook", "check"]) == 1
+    err = capsys.readouterr().err
+    assert ("error: citation civil_code_985: quote is not a complete provision: it ends mid-sentence "
+            "in '，'") in err
+
+
+@pytest.mark.parametrize("quote, row", [
+    (LEAD_IN_1025 + "（一）捏造、歪曲事实；", "1q"),                       # lead-in and item, side by side
+    ("承担民事责任的方式主要有：……（十）消除影响、恢复名誉；（十一）赔礼道歉。", "1o"),   # …… for items left out
+], ids=["lead-in-and-item", "lead-in-ellipsis-items"])
+def test_list_item_with_its_lead_in_is_complete(tmp_path, quote, row):
+    assert problems_of(tmp_path, citations=CITATIONS + citation("whole", quote, row)) == []
+
+
+@pytest.mark.parametrize("quote, row", [
+    ("（十一）赔礼道歉。……承担民事责任的方式主要有：", "1o"),          # parts out of the row's order
+    ("承担民事责任的方式主要有：（十一）赔礼道歉。", "1o"),             # joined without …… over a gap
+    (LEAD_IN_1025 + "（一）捏造事实；", "1q"),                             # not the law's words
+], ids=["out-of-order", "gap-without-ellipsis", "not-verbatim"])
+def test_joined_quote_must_follow_the_row(tmp_path, quote, row):
+    problems = problems_of(tmp_path, citations=CITATIONS + citation("joined", quote, row))
+    assert any(p.startswith("citation joined: quote is not a verbatim substring") for p in problems), problems
+
+
 def test_unverified_or_missing_row(tmp_path):
     unverified = CITATIONS.replace('source_row = "1d"', 'source_row = "4f"').replace(
         "侵害自然人人身权益造成严重精神损害的，被侵权人有权请求精神损害赔偿。",
@@ -183,8 +265,8 @@ def test_versions_must_meet_day_to_day(tmp_path):
     versions = """\
 [civil_code_1183]
 versions = [
-  { law = "中华人民共和国民法典", article = "第一千一百八十三条", quote = "被侵权人有权请求精神损害赔偿。", source_row = "1d", in_force_until = 2025-12-31 },
-  { law = "中华人民共和国民法典", article = "第一千一百八十三条", quote = "被侵权人有权请求精神损害赔偿。", source_row = "1d", in_force_from = 2026-02-01 },
+  { law = "中华人民共和国民法典", article = "第一千一百八十三条", quote = "侵害自然人人身权益造成严重精神损害的，被侵权人有权请求精神损害赔偿。", source_row = "1d", in_force_until = 2025-12-31 },
+  { law = "中华人民共和国民法典", article = "第一千一百八十三条", quote = "侵害自然人人身权益造成严重精神损害的，被侵权人有权请求精神损害赔偿。", source_row = "1d", in_force_from = 2026-02-01 },
 ]
 """
     assert problems_of(tmp_path, citations=versions) == [

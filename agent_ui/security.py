@@ -159,7 +159,8 @@ def forbidden(request: web.Request, message: str = "无权访问") -> web.HTTPEx
                                  content_type="application/json")
     from agent_ui.views.render import page          # views import this module
     body = page(request, "message.html", "无权访问", heading="无权访问",
-                message=f"{message}：您的账号不能查看此页面或此通话。").text
+                message=f"{message}：您的账号不能查看此页面或此通话。", back="/",
+                back_label="返回首页").text
     return web.HTTPForbidden(text=body, content_type="text/html")
 
 

@@ -300,13 +300,14 @@ class Store:
             return _Duplicate(seq[0] if seq else 0)
         db.execute(
             """INSERT INTO cards (card_id, call_id, category, title, severity, speaker, text, phrase,
-                                  score, start, "end", utterance, script, citations,
+                                  heard, via, score, start, "end", utterance, script, citations,
                                   alert_supervisor, status, fired_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (card_id) DO UPDATE SET status = 'confirmed'
                    WHERE cards.status = 'fired' AND excluded.status = 'confirmed'""",
             (c.card_id, e.call_id, c.category, c.title, c.severity, c.speaker, c.text, c.phrase,
-             c.score, c.start, c.end, c.utterance, json.dumps(list(c.script), ensure_ascii=False),
+             c.heard, c.via, c.score, c.start, c.end, c.utterance,
+             json.dumps(list(c.script), ensure_ascii=False),
              json.dumps(event_to_dict(e)["card"]["citations"], ensure_ascii=False),
              int(c.alert_supervisor), "confirmed" if c.confirmed else "fired", e.at))
         self._update_risk(db, e.call_id)

@@ -3,6 +3,7 @@ queries, full-text search, users, sessions and retention."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -88,6 +89,34 @@ def test_a_failing_migration_step_leaves_the_database_as_it_was(tmp_path: Path, 
     s = Store(path)
     assert s.schema_version == MIGRATIONS[-1].version
     assert s._db.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+    s.close()
+
+
+def test_cards_keep_how_they_fired_and_older_databases_gain_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "callassist.db"
+    old = sqlite3.connect(path)                      # a schema-1 database with a card in it
+    for statement in MIGRATIONS[0].statements:
+        old.execute(statement)
+    old.execute("INSERT INTO calls (call_id, started_at) VALUES ('before', ?)", (T0,))
+    old.execute("""INSERT INTO cards (card_id, call_id, category, title, severity, speaker, text,
+                                      phrase, score, start, "end", utterance, fired_at)
+                   VALUES ('k-old', 'before', 'regulator_complaint', '越级投诉', 'critical',
+                           'customer', '我要去工信部投诉', '工信部投诉', 93.5, 1, 3, 0, ?)""", (T0,))
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+
+    s = Store(path)
+    assert s.schema_version == MIGRATIONS[-1].version
+    before = s.get_card("k-old")
+    assert (before["heard"], before["via"], before["phrase"]) == ("", "", "工信部投诉")
+    heard = dataclasses.replace(make_card("k-new", text="我要去公信不投诉"), phrase="工信部",
+                                heard="公信不", via="pinyin")
+    s.record_many(simple_call("after", at=T0 + 100, cards=(heard,)))
+    s.record(CardConfirmed("after", "k-new", "我要去公信不投诉你们", 3.5, at=T0 + 104))
+    card = s.get_call("after")["cards"][0]
+    assert (card["heard"], card["via"], card["phrase"]) == ("公信不", "pinyin", "工信部")
+    assert card["text"] == "我要去公信不投诉你们" and card["confirmed"]
     s.close()
 
 

@@ -122,6 +122,28 @@ async def test_state_changes_need_the_csrf_token(site):
         assert site.store.get_call(MINE)["review"]["verdict"] == "fail"
 
 
+async def test_a_review_without_a_verdict_is_refused_with_a_clear_message(site):
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "zhao.min")
+        review = f"{site.url}/qa/call/{MINE}/review"
+        for verdict in (None, "", "pass "):
+            form = {"csrf_token": csrf, "notes": "漏选结论"}
+            if verdict is not None:
+                form["verdict"] = verdict
+            async with http.post(review, data=form, allow_redirects=False) as response:
+                assert response.status == 400
+                assert response.content_type == "text/html"
+                page = await response.text()
+            assert "请先选择质检结论" in page and f'href="/qa/call/{MINE}#review"' in page
+        async with http.post(review, json={"notes": "x"}, headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 400
+            assert "请先选择质检结论" in (await response.json())["error"]
+        assert site.store.get_call(MINE)["review"] is None
+        async with http.post(review, json={"verdict": "pass"}, headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 200
+        assert site.store.get_call(MINE)["review"]["verdict"] == "pass"
+
+
 async def test_login_form_needs_its_token(site):
     async with client_session() as http:
         async with http.post(f"{site.url}/login", data={"username": "zhang.wei", "password": PASSWORD},
@@ -218,9 +240,12 @@ async def test_websocket_reconnect_replays_only_what_was_missed(site):
         await http_login(http, site.url, "li.na")
         ws = await http.ws_connect(site.url + "/ws", origin=site.url)
         await ws.send_json({"last_seq": 0})
-        first = [m["seq"] for m in await read_until_ready(ws)]
+        caught_up = await read_until_ready(ws)
+        first = [m["seq"] for m in caught_up]
         await ws.close()
         assert first and first == sorted(set(first))
+        cards = [m["event"]["card"] for m in caught_up if m["event"]["type"] == "CardFired"]
+        assert cards and all(c["heard"] and c["heard"] in c["text"] and c["via"] for c in cards)
         site.bus.publish(TranscriptUpdate(THEIRS, "agent", 50, "好的 我 记下 了", 20.0, 21.0, True))
         site.bus.publish(CallEnded(THEIRS, 22.0))
         await until(lambda: site.store.get_call(THEIRS)["status"] == "ended")
@@ -394,10 +419,20 @@ async def test_exports(site):
         assert "<v 客户>你们再不解决我就找媒体曝光" in vtt and "<v 坐席>" in vtt
         assert re.search(r"NOTE 触发 00:00:06\.500 \[严重\] 媒体曝光威胁", vtt)
         assert re.search(r"\n00:00:06\.500 --> 00:00:09\.000\n", vtt)
+        assert re.search(r"NOTE 触发 00:00:06\.500 \[严重\] 媒体曝光威胁.*触发词「[^」]+」", vtt)
+        assert "NOTE 通话 " + MINE + " 坐席 张伟（PJSIP/1001） 主叫 13800138000" in vtt
         async with http.get(f"{site.url}/qa/call/{MINE}/export.json") as response:
             data = json.loads(await response.text())
         assert data["call_id"] == MINE and data["adherence"]["score"] is not None
         assert "recording_path" not in data
+        stored = {c["card_id"]: c for c in site.store.get_call(MINE)["cards"]}
+        for card in data["cards"]:                       # how each card fired, as stored
+            assert card["heard"] and card["heard"] == stored[card["card_id"]]["heard"]
+            assert card["via"] in ("chars", "pinyin", "intent")
+        async with http.get(f"{site.url}/qa/call/{MINE}/export.csv") as response:
+            table = list(csv.DictReader(io.StringIO((await response.text()).lstrip("\ufeff"))))
+        triggers = [row for row in table if row["kind"] == "trigger"]
+        assert triggers and all(row["heard"] and row["via"] and row["phrase"] for row in triggers)
         async with http.get(f"{site.url}/qa/call/formula/export.csv") as response:
             rows = list(csv.reader(io.StringIO((await response.text()).lstrip("\ufeff"))))
         assert rows[0][:5] == ["kind", "start", "end", "speaker", "text"]

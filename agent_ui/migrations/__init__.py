@@ -148,6 +148,15 @@ _INITIAL = (
     "CREATE INDEX login_attempts_key ON login_attempts(key, at)",
 )
 
+# How a card fired (callassist.events.Card.heard / .via): the words of `text` that made
+# it fire, and chars | pinyin (a playbook phrase matched) | intent (the model). Cards
+# stored before this step have neither ('').
+_CARD_HEARD_VIA = (
+    "ALTER TABLE cards ADD COLUMN heard TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE cards ADD COLUMN via TEXT NOT NULL DEFAULT ''",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
+    Migration(2, "cards: heard and via", _CARD_HEARD_VIA),
 )

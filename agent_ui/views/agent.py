@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent_ui.security import require_call, require_role
+from agent_ui.views.qa import call_title
 from agent_ui.views.render import page
 
 
@@ -16,7 +17,7 @@ async def agent_screen(request: web.Request) -> web.StreamResponse:
 
 async def live_call(request: web.Request) -> web.StreamResponse:
     call = require_call(request, request.match_info["call_id"])
-    return page(request, "live.html", f"通话 {call['call_id']}", script="agent.js",
+    return page(request, "live.html", call_title(call), script="agent.js",
                 call_id=call["call_id"])
 
 

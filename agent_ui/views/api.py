@@ -20,7 +20,8 @@ MAX_PAGE = 200
 SUMMARY_FIELDS = ("call_id", "source", "caller", "agent_endpoint", "agent_username", "agent_name",
                   "started_at", "ended_at", "duration", "status", "risk", "categories",
                   "max_severity", "card_count", "snippets")
-CARD_FIELDS = ("card_id", "category", "title", "severity", "speaker", "text", "phrase", "score",
+CARD_FIELDS = ("card_id", "category", "title", "severity", "speaker", "text", "phrase", "heard",
+               "via", "score",
                "start", "end", "utterance", "script", "citations", "alert_supervisor", "status",
                "confirmed", "fired_at", "acknowledged_by", "acknowledged_at", "helpful")
 

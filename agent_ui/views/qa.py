@@ -8,6 +8,7 @@ it lies inside data_dir/recordings: nothing from the request names a file.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,33 @@ async def archive(request: web.Request) -> web.StreamResponse:
                 agent_filter_class="hidden" if user["role"] == "agent" else "")
 
 
+def call_when(epoch: float | None, now: float | None = None) -> str:
+    """11月30日 14:05 (with the year when it is not this year), local time."""
+    if not epoch:
+        return ""
+    when, today = time.localtime(epoch), time.localtime(now)
+    year = f"{when.tm_year}年" if when.tm_year != today.tm_year else ""
+    return f"{year}{when.tm_mon}月{when.tm_mday}日 {when.tm_hour:02d}:{when.tm_min:02d}"
+
+
+def call_title(call: dict[str, Any]) -> str:
+    """How people name a call: who called and when (13812345678 · 11月30日 14:05)."""
+    return " · ".join(part for part in (call.get("caller") or "未知号码",
+                                        call_when(call.get("started_at"))) if part)
+
+
 async def call_page(request: web.Request) -> web.StreamResponse:
     call = require_call(request, request.match_info["call_id"])
-    reviewer = can_review(current_user(request))
-    return page(request, "qa_call.html", f"通话 {call['call_id']}", script="qa_call.js",
-                call_id=call["call_id"], can_review="1" if reviewer else "",
-                review_class="" if reviewer else "hidden", csrf=request.get(REQ_CSRF, ""))
+    user = current_user(request)
+    reviewer = can_review(user)
+    title = call_title(call)
+    return page(request, "qa_call.html", title, script="qa_call.js",
+                call_id=call["call_id"], call_title=title, can_review="1" if reviewer else "",
+                review_class="" if reviewer else "hidden", csrf=request.get(REQ_CSRF, ""),
+                username=user["username"])
+
+
+NO_VERDICT = "请先选择质检结论（合格、需改进或不合格），再保存。"
 
 
 async def save_review(request: web.Request) -> web.StreamResponse:
@@ -55,7 +77,12 @@ async def save_review(request: web.Request) -> web.StreamResponse:
     verdict = str(form.get("verdict", ""))
     notes = str(form.get("notes", ""))
     if verdict not in VERDICTS:
-        raise BadRequest(f"verdict: 应为 {', '.join(VERDICTS)} 之一")
+        # no default verdict: a review says what the reviewer chose, or is not saved
+        if request.content_type == "application/json":
+            raise BadRequest(f"verdict: {NO_VERDICT}（{', '.join(VERDICTS)}）")
+        return page(request, "message.html", "结论未保存", status=400, heading="结论未保存",
+                    message=NO_VERDICT, back=f"/qa/call/{call['call_id']}#review",
+                    back_label="返回该通话")
     if len(notes) > MAX_NOTES:
         raise BadRequest(f"notes: 最多 {MAX_NOTES} 字")
     score = call_detail(call, request.app[APP_PLAYBOOK], adherence_window(request))["adherence"]["score"]

@@ -59,6 +59,29 @@ export function clock(seconds) {
   return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
+// How people name a call's time: "11月30日 14:05" (the year too when not this year).
+export function callWhen(epoch) {
+  if (!epoch) return '';
+  const when = new Date(epoch * 1000);
+  const year = when.getFullYear() !== new Date().getFullYear() ? `${when.getFullYear()}年` : '';
+  const hh = String(when.getHours()).padStart(2, '0'), mm = String(when.getMinutes()).padStart(2, '0');
+  return `${year}${when.getMonth() + 1}月${when.getDate()}日 ${hh}:${mm}`;
+}
+
+// "坐席 张伟", but a value that already starts with the label (the display name
+// "坐席 1001") is not labelled twice.
+export function labelled(label, value) {
+  return value.startsWith(label) ? value : `${label} ${value}`;
+}
+
+// The agent of a call: display name (endpoint), or whichever is known.
+export function agentText(call) {
+  const name = call.agent_name || call.agent_username || '';
+  const endpoint = call.agent_endpoint || '';
+  if (name && endpoint && !name.includes(endpoint)) return `${name}（${endpoint}）`;
+  return name || endpoint;
+}
+
 export function dateTime(epoch) {
   if (!epoch) return '';
   return new Date(epoch * 1000).toLocaleString('zh-CN', { hour12: false });

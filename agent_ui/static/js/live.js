@@ -54,7 +54,7 @@ export class CallView {
       case 'CardFired': this.card(event.card); break;
       case 'CardConfirmed': {
         const node = this.cards.get(event.card_id);
-        if (node) confirm(node, node.dataset.phrase, event.text);
+        if (node) confirm(node, event.text);
         break;
       }
       case 'CardWithdrawn': {
@@ -101,7 +101,7 @@ export class CallView {
   card(card) {
     const known = this.cards.get(card.card_id);
     if (known) {                       // re-fired with confirmed: true
-      if (card.confirmed) confirm(known, card.phrase, card.text);
+      if (card.confirmed) confirm(known, card.text);
       return;
     }
     const node = renderCard(card, { actions: this.options.actions });

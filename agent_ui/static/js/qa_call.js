@@ -1,8 +1,8 @@
 // One archived call: recording, transcript (click a line to hear it), triggers on a
 // timeline (click to seek), per-trigger script adherence, forbidden phrases, review.
 
-import { SEVERITIES, SPEAKERS, VERDICTS, clock, dateTime, el, getJSON, spoken } from './common.js';
-import { citationList } from './cards.js';
+import { SEVERITIES, SPEAKERS, VERDICTS, agentText, callWhen, clock, dateTime, el, getJSON, labelled, spoken } from './common.js';
+import { citationList, triggerWords } from './cards.js';
 
 const root = document.getElementById('qa-call');
 const callId = root.dataset.callId;
@@ -16,11 +16,17 @@ function seek(seconds) {
   audio.play().catch(() => {});         // autoplay may be refused before any click: seeking still works
 }
 
+// The call is named by who called and when; the details line says the rest once each.
 function meta(call) {
-  const parts = [dateTime(call.started_at), `坐席 ${call.agent_name || call.agent_username || call.agent_endpoint || '—'}`,
-    `主叫 ${call.caller || '未知'}`, `时长 ${call.duration != null ? clock(call.duration) : '通话中'}`];
+  const title = [call.caller || '未知号码', callWhen(call.started_at)].filter(Boolean).join(' · ');
+  document.getElementById('call-title').textContent = title;
+  document.title = `${title} · 坐席智能助手`;
+  const parts = [labelled('坐席', agentText(call) || '—'),
+    `时长 ${call.duration != null ? clock(call.duration) : '通话中'}`,
+    `开始于 ${dateTime(call.started_at)}`, `编号 ${call.call_id}`];
   document.getElementById('call-meta').textContent = parts.join(' · ');
-  if (!call.has_recording) { audio.hidden = true; document.getElementById('no-audio').hidden = false; }
+  if (call.has_recording) audio.src = `/recordings/${encodeURIComponent(call.call_id)}`;   // none: no 404
+  else { audio.hidden = true; document.getElementById('no-audio').hidden = false; }
 }
 
 function renderTranscript(utterances) {
@@ -39,17 +45,30 @@ function renderTranscript(utterances) {
   });
 }
 
+const labels = document.getElementById('timeline-labels');
+const LABEL_ROW = 22, LABEL_GAP = 8;
+
 function renderTimeline(cards, length) {
-  const markers = cards.filter((c) => c.status !== 'withdrawn').map((card) => {
+  const standing = cards.filter((c) => c.status !== 'withdrawn');
+  const at = (card) => `${Math.min(100, (100 * card.start) / length)}%`;
+  const markers = standing.map((card) => {
     const marker = el('button', {
       type: 'button', class: `marker sev-${card.severity}`, dataset: { cardId: card.card_id, start: card.start },
       title: `${clock(card.start)} ${card.title}`, 'aria-label': `${clock(card.start)} ${card.title}`,
       onclick: () => seek(card.start),
     });
-    marker.style.left = `${Math.min(100, (100 * card.start) / length)}%`;
+    marker.style.left = at(card);
     return marker;
   });
   timeline.append(...markers);
+  // each marker's category above the track, in as many rows as it takes not to overlap
+  labels.replaceChildren(...standing.map((card) => el('span', {
+    class: `marker-label sev-${card.severity}`, dataset: { cardId: card.card_id, start: card.start, at: at(card) },
+    title: `${clock(card.start)} ${card.title}`, onclick: () => seek(card.start), text: card.title,
+  })));
+  layoutLabels();
+  new ResizeObserver(layoutLabels).observe(labels);     // a new width: lay them out again
+  document.fonts?.ready.then(layoutLabels);
   document.getElementById('axis-mid').textContent = clock(length / 2);
   document.getElementById('axis-end').textContent = clock(length);
   timeline.addEventListener('click', (event) => {
@@ -61,6 +80,24 @@ function renderTimeline(cards, length) {
     playhead.style.left = `${Math.min(100, (100 * audio.currentTime) / length)}%`;
     highlight(audio.currentTime);
   });
+}
+
+function layoutLabels() {
+  const width = labels.clientWidth;
+  if (!width) return;
+  const rowEnds = [];                      // per row: where its last label ends (px)
+  const sorted = [...labels.children].sort((a, b) => a.dataset.start - b.dataset.start);
+  for (const label of sorted) {
+    const w = label.offsetWidth;
+    const centre = (parseFloat(label.dataset.at) / 100) * width;
+    const left = Math.max(0, Math.min(width - w, centre - w / 2));
+    let row = rowEnds.findIndex((end) => end + LABEL_GAP <= left);
+    if (row < 0) { row = rowEnds.length; rowEnds.push(0); }
+    rowEnds[row] = left + w;
+    label.style.left = `${left}px`;
+    label.style.top = `${row * LABEL_ROW}px`;
+  }
+  labels.style.height = `${rowEnds.length * LABEL_ROW}px`;
 }
 
 let current = null;
@@ -75,6 +112,18 @@ function highlight(time) {
   current = best;
 }
 
+// The category's key phrases: those the agent said, and those not said (neutral: not
+// said is not "cancelled").
+function keyPhrases(judged) {
+  const said = judged.expected.filter((p) => judged.said.includes(p));
+  const unsaid = judged.expected.filter((p) => !judged.said.includes(p));
+  return el('div', { class: 'phrases' },
+    said.length ? el('p', {}, el('span', { class: 'label', text: '已说' }),
+      said.map((p) => el('span', { class: 'said', text: p }))) : null,
+    unsaid.length ? el('p', {}, el('span', { class: 'label', text: '未说' }),
+      unsaid.map((p) => el('span', { class: 'unsaid', text: p }))) : null);
+}
+
 function renderTriggers(call) {
   const adherence = new Map(call.adherence.cards.map((c) => [c.card_id, c]));
   const list = document.getElementById('triggers');
@@ -86,9 +135,8 @@ function renderTriggers(call) {
       el('button', { type: 'button', class: 'seek', onclick: () => seek(card.start), text: clock(card.start) }),
       el('span', { class: 'sev', text: SEVERITIES[card.severity] }),
       el('b', { text: card.title }), verdict,
-      el('p', { class: 'words', text: `客户：「${card.text}」` }),
-      judged ? el('p', { class: 'phrases' }, '应说：', judged.expected.map((p) =>
-        el('span', { class: judged.said.includes(p) ? 'said' : 'unsaid', text: p }))) : null,
+      el('p', { class: 'words' }, '客户：', triggerWords(card.text, card)),
+      judged ? keyPhrases(judged) : null,
       el('details', {}, el('summary', { text: '话术与依据' }),
         el('ol', { class: 'script' }, card.script.map((s) => el('li', { text: s }))), citationList(card.citations)));
   }));
@@ -111,10 +159,23 @@ function renderReview(call) {
     el('span', { class: 'review-line' }, el('b', { text: VERDICTS[r.verdict] ?? r.verdict }),
       ` ${r.reviewer} · ${dateTime(r.updated_at)}${r.notes ? ` · ${r.notes}` : ''}`)) : ['尚未质检。']));
   const form = document.querySelector('#review form');
-  if (call.review && form) {
-    form.verdict.value = call.review.verdict;
-    form.notes.value = call.review.notes;
+  if (!form) return;
+  // no default verdict: the form starts from the reviewer's own saved review, or empty
+  const mine = reviews.find((r) => r.reviewer === root.dataset.username);
+  if (mine) {
+    form.verdict.value = mine.verdict;
+    form.notes.value = mine.notes;
   }
+  const error = document.getElementById('review-error');
+  form.noValidate = true;                  // our message, not the browser's bubble
+  form.addEventListener('change', () => { if (form.verdict.value) error.hidden = true; });
+  form.addEventListener('submit', (event) => {
+    if (form.verdict.value) return;
+    event.preventDefault();
+    error.textContent = '请先选择质检结论（合格、需改进或不合格），再保存。';
+    error.hidden = false;
+    form.querySelector('input[name="verdict"]').focus();
+  });
 }
 
 async function main() {

@@ -1,6 +1,9 @@
 // The supervisor board: every live call with its agent, ticking duration, triggers
 // and risk (the store's, refreshed from /api/live after card events); an alert with
 // sound when a call turns critical; click a call for its live transcript and cards.
+// The header counts the calls in progress, which are exactly the rows listed under it;
+// a call that ends moves to a separate 刚结束 group (with its real duration, from
+// CallEnded) for a minute, then leaves.
 
 import { RISKS, beep, clock, el, getJSON } from './common.js';
 import { CallView, serverNow, setServerTime } from './live.js';
@@ -9,12 +12,17 @@ import { LiveSocket } from './socket.js';
 const RISK_ORDER = { critical: 2, warning: 1, normal: 0 };
 const REFRESH_AFTER = ['CallStarted', 'AgentJoined', 'CardFired', 'CardConfirmed', 'CardWithdrawn', 'CallEnded'];
 
-const tbody = document.querySelector('#board tbody');
+const ENDED_KEPT = 60000;       // ms an ended call stays in the 刚结束 group
+
+const tbody = document.getElementById('live-rows');
+const endedBody = document.getElementById('ended-rows');
 const empty = document.getElementById('board-empty');
 const count = document.getElementById('board-count');
 const detail = document.getElementById('detail');
 const calls = new Map();        // call id -> {events, row, cells, risk, startedAt, cards, view}
-let opened = null;
+const finished = new Set();     // calls seen ending: no later event or listing brings them back
+const AFTER_END = ['CallEnded', 'TranscriptRevised'];
+let openedView = null;
 let ready = false;
 
 function entry(callId) {
@@ -36,6 +44,11 @@ function entry(callId) {
 }
 
 function apply(event) {
+  if (!calls.has(event.call_id) && (finished.has(event.call_id) || AFTER_END.includes(event.type))) {
+    // e.g. the post-call transcript of a call that has left the board
+    if (openedView?.callId === event.call_id) openedView.apply(event);
+    return;
+  }
   const call = entry(event.call_id);
   call.events.push(event);
   call.view?.apply(event);
@@ -51,9 +64,18 @@ function apply(event) {
     case 'CardFired': call.cards.set(event.card.card_id, event.card); break;
     case 'CardWithdrawn': call.cards.delete(event.card_id); break;
     case 'CallEnded':
+      // the call's own length: the board's clock ran on while the recogniser finished
+      // the last words and the recording was closed, before CallEnded was published
       call.ended = true;
+      finished.add(call.callId);
+      call.cells.duration.textContent = clock(event.duration);
       call.row.classList.add('ended');
-      setTimeout(() => remove(call.callId), opened === call.callId ? 60000 : 3000);
+      endedBody.firstElementChild.after(call.row);      // most recent first, under the group's title
+      if (openedView?.callId === call.callId) detail.querySelector(':scope > p.meta')?.append(...reviewLink(call.callId));
+      endedBody.hidden = false;
+      // replayed history (a late event of an old call brings its past): gone at once
+      setTimeout(() => remove(call.callId), Math.max(0, ENDED_KEPT - 1000 * (serverNow() - event.at)));
+      updateCount();
       break;
   }
   if (event.type.startsWith('Card')) renderTriggers(call);
@@ -72,7 +94,7 @@ function remove(callId) {
   if (!call || !call.ended) return;
   call.row.remove();
   calls.delete(callId);
-  if (opened === callId) { call.view?.destroy(); opened = null; }
+  // an opened call stays in the detail pane (its view is already marked 已结束)
   updateCount();
 }
 
@@ -92,7 +114,7 @@ function setRisk(call, risk, alert) {
 }
 
 function sortRows() {
-  const rows = [...calls.values()].sort((a, b) =>
+  const rows = [...calls.values()].filter((c) => !c.ended).sort((a, b) =>
     (RISK_ORDER[b.risk] - RISK_ORDER[a.risk]) || ((a.startedAt ?? 0) - (b.startedAt ?? 0)));
   for (const call of rows) tbody.append(call.row);
   updateCount();
@@ -101,7 +123,8 @@ function sortRows() {
 function updateCount() {
   const live = [...calls.values()].filter((c) => !c.ended).length;
   count.textContent = `${live} 路`;
-  empty.hidden = calls.size > 0;
+  empty.hidden = live > 0;
+  endedBody.hidden = ![...calls.values()].some((c) => c.ended);
 }
 
 let refreshTimer = null;
@@ -114,6 +137,8 @@ async function refresh(alert = true) {
   const { calls: live, server_time: serverTime } = await getJSON('/api/live');
   setServerTime(serverTime);
   for (const summary of live) {
+    // a listing taken just before a CallEnded arrived must not bring the call back
+    if (finished.has(summary.call_id)) continue;
     const call = entry(summary.call_id);
     call.startedAt ??= summary.started_at;
     if (summary.caller) call.cells.caller.textContent = summary.caller;
@@ -126,17 +151,21 @@ async function refresh(alert = true) {
   sortRows();
 }
 
+function reviewLink(callId) {
+  return [' · ', el('a', { href: `/qa/call/${encodeURIComponent(callId)}`, text: '质检回放' })];
+}
+
 function open(callId) {
   const call = calls.get(callId);
   if (!call) return;
-  if (opened) calls.get(opened)?.view?.destroy();
+  openedView?.destroy();
   for (const other of calls.values()) other.row.classList.toggle('selected', other.callId === callId);
   for (const other of calls.values()) if (other.callId !== callId) other.view = null;
-  call.view = new CallView(callId, { actions: false, sound: () => false });
+  call.view = openedView = new CallView(callId, { actions: false, sound: () => false });
   for (const event of call.events) call.view.apply(event);
   detail.replaceChildren(call.view.root, el('p', { class: 'meta' },
-    el('a', { href: `/live/${encodeURIComponent(callId)}`, target: '_blank', text: '在新窗口打开' })));
-  opened = callId;
+    el('a', { href: `/live/${encodeURIComponent(callId)}`, target: '_blank', text: '在新窗口打开' }),
+    ...(call.ended ? reviewLink(callId) : [])));
 }
 
 setInterval(() => {
@@ -155,4 +184,4 @@ const socket = new LiveSocket({
   },
 }).start();
 
-window.callassist = { socket, calls };
+window.callassist = { socket, calls, refresh };

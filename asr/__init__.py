@@ -42,7 +42,8 @@ def create_engine(config: Any, name: str | None = None, model: str | Path | None
     default: found by asr.models.find_model from the configuration).
 
     `config` is a callassist Config or its AsrConfig section. Raises ModelNotFoundError
-    (message says how to install) when no model is found.
+    (message says how to install) when no model is found. With [asr] biasing, the Whisper
+    engine gets the playbook's key terms as hotwords (asr.biasing).
     """
     asr_config = getattr(config, "asr", config)
     name = name or asr_config.engine
@@ -54,6 +55,12 @@ def create_engine(config: Any, name: str | None = None, model: str | Path | None
                           decode_threads=threads)
     if name == "whisper":
         from asr.whisper_engine import WhisperEngine
+        terms: list[str] = []
+        if asr_config.biasing:
+            from asr.biasing import playbook_terms
+            from prompts.playbook import load_playbook
+            terms = playbook_terms(load_playbook())
         return WhisperEngine(find_model("whisper", str(model or asr_config.whisper_model), configured_by=given_by),
-                             compute_type=asr_config.whisper_compute_type, decode_threads=threads)
+                             compute_type=asr_config.whisper_compute_type, decode_threads=threads,
+                             biasing_terms=terms)
     raise ValueError(f"unknown speech engine {name!r} (expected 'vosk' or 'whisper')")

@@ -12,6 +12,18 @@ all-zero frames Asterisk's snoop sends) and fires late or not at all when the mo
 not fit the audio. So each stream also runs the cheap webrtcvad detector over the audio it
 decodes and forces the final result after `endpoint_silence_ms` of non-speech following
 decoded words.
+
+No contextual biasing (unlike Whisper's playbook hotwords, asr.biasing). What vosk 0.3.45 offers
+was checked: KaldiRecognizer's grammar (a JSON phrase list, or SetGrammar) *replaces* the language
+model with that list, so everything else a caller says comes out as [unk] -- keyword spotting,
+not free speech; it also works only with dynamic-graph models (the small Chinese one) and only
+for words already in the model's lexicon. There is no call that adds words or raises their
+weight while keeping the full vocabulary (alphacep/vosk-api issues 725, 878, 1537: not possible,
+recompile the model). The real way is offline: rebuild the small model's language-model graph
+(Gr.fst) from domain text, or the large model's LM and dictionary, with Kaldi and OpenGrm, as
+Vosk's adaptation guide describes. SetMaxAlternatives (n-best) could feed a rescoring toward
+playbook terms, but the matcher's folded-pinyin comparison already absorbs the homophone errors
+that would fix, and it cannot be measured here without a Chinese model.
 """
 from __future__ import annotations
 

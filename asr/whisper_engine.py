@@ -13,22 +13,36 @@ is one utterance, and with timestamps on, Whisper base tends to "continue" into 
 silence padding of its 30 s window with repeated text. Word times still come from the
 cross-attention alignment. Output is converted to simplified Chinese (OpenCC t2s): Whisper
 often answers in traditional characters.
+
+Contextual biasing: `biasing_terms` (from asr.biasing, derived from the playbook; create_engine
+passes them when [asr] biasing is on) go to every transcription, live segments and the post-call
+pass alike, as faster-whisper `hotwords`, cut to `hotword_tokens` tokens of the model's own
+tokenizer. The prompt (hotwords + initial prompt) and the generated text share Whisper's
+448-token context, so a segment's max_new_tokens is capped to what the prompt leaves.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from asr.biasing import HOTWORD_TOKENS, fit_to_budget, hotword_string, whisper_token_counter
 from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, SpeechEvent, Word
 from asr.models import WHISPER_INSTALL_HINT, require_model
 from asr.vad import Segmenter, SpeechEnd, SpeechStart
 
+log = logging.getLogger(__name__)
+
 WHISPER_RATE = 16000
+WHISPER_CONTEXT = 448         # tokens of text context: prompt + generated
 DEFAULT_PROMPT = "以下是普通话的句子，关于电信投诉。"
 # Phrases Whisper produces from noise or silence (subtitle credits from its training data).
 HALLUCINATIONS = ("字幕由Amara.org社区提供", "明镜与点点栏目", "请不吝点赞", "订阅 转发 打赏",
@@ -40,6 +54,8 @@ TRAILING_HALLUCINATIONS = ("请注意", "作词", "作曲", "作词作曲", "字
 _SENTENCE_END = "。！？!?"
 MAX_COMPRESSION_RATIO = 2.4   # above: repeated text, a decoding loop
 MAX_NEW_TOKENS = 300          # hard cap per segment (Whisper's context is 448 tokens)
+TAIL_NO_SPEECH = 0.5          # a later window above this no-speech probability ...
+TAIL_WORD_PROBABILITY = 0.4   # ... whose words average below this is dropped (_is_tail_window)
 
 
 def drop_trailing_hallucination(text: str) -> str:
@@ -65,7 +81,8 @@ class WhisperEngine(SpeechEngine):
     def __init__(self, model_dir: Path | str, compute_type: str = "int8", decode_threads: int = 2,
                  language: str = "zh", beam_size: int = 5, *, initial_prompt: str = DEFAULT_PROMPT,
                  simplified: bool = True, vad_aggressiveness: int = 2, end_silence_ms: int = 600,
-                 max_segment_s: float = 25.0) -> None:
+                 max_segment_s: float = 25.0, biasing_terms: Sequence[str] = (),
+                 hotword_tokens: int = HOTWORD_TOKENS) -> None:
         from faster_whisper import WhisperModel  # heavy import (ctranslate2, av): only when used
 
         self.model_dir = Path(model_dir)
@@ -88,6 +105,31 @@ class WhisperEngine(SpeechEngine):
         self.end_silence_ms = end_silence_ms
         self.max_segment_s = max_segment_s
         self._to_simplified = _simplifier() if simplified else (lambda text: text)
+        self._set_biasing(biasing_terms, hotword_tokens)
+
+    def _set_biasing(self, terms: Sequence[str], budget: int) -> None:
+        count = whisper_token_counter(self._model.hf_tokenizer)
+        supported = "hotwords" in inspect.signature(self._model.transcribe).parameters
+        if terms and not supported:  # faster-whisper < 1.0
+            log.warning("this faster-whisper has no hotwords; transcribing without biasing terms")
+        self.biasing_terms: tuple[str, ...] = tuple(fit_to_budget(terms, count, budget)) if supported else ()
+        self.hotwords: str | None = hotword_string(self.biasing_terms) or None
+        # What faster-whisper's get_prompt builds: <|startofprev|> hotwords initial-prompt, then
+        # <|startoftranscript|> <|zh|> <|transcribe|> <|notimestamps|>.
+        previous = count(self.hotwords or "") + count(self.initial_prompt or "")
+        self.prompt_tokens = (1 + previous if previous else 0) + 4
+        self.max_new_tokens = min(MAX_NEW_TOKENS, WHISPER_CONTEXT - self.prompt_tokens)
+
+    def transcribe_options(self, seconds: float, beam_size: int | None = None) -> dict[str, Any]:
+        """The keyword arguments of faster-whisper's `transcribe` for `seconds` of audio."""
+        options: dict[str, Any] = dict(
+            language=self.language, beam_size=beam_size or self.beam_size, temperature=0.0,
+            word_timestamps=True, without_timestamps=True, vad_filter=False,
+            condition_on_previous_text=False, initial_prompt=self.initial_prompt,
+            max_new_tokens=min(self.max_new_tokens, int(seconds * 12) + 20))
+        if self.hotwords:
+            options["hotwords"] = self.hotwords
+        return options
 
     def open_stream(self, sample_rate: int, label: str = "") -> WhisperStream:
         self._ensure_open()
@@ -99,12 +141,8 @@ class WhisperEngine(SpeechEngine):
 
     def transcribe_segment(self, audio: np.ndarray, beam_size: int | None = None) -> list[_Piece]:
         """One utterance or a few close ones (float32, 16 kHz, at most ~25 s) -> text; blocking."""
-        seconds = len(audio) / WHISPER_RATE
         segments, _ = self._model.transcribe(
-            audio, language=self.language, beam_size=beam_size or self.beam_size, temperature=0.0,
-            word_timestamps=True, without_timestamps=True, vad_filter=False,
-            condition_on_previous_text=False, initial_prompt=self.initial_prompt,
-            max_new_tokens=min(MAX_NEW_TOKENS, int(seconds * 12) + 20))
+            audio, **self.transcribe_options(len(audio) / WHISPER_RATE, beam_size))
         return self._clean(segments)
 
     def transcribe_file(self, pcm: bytes | np.ndarray, sample_rate: int = WHISPER_RATE) -> list[FinalTranscript]:
@@ -152,10 +190,11 @@ class WhisperEngine(SpeechEngine):
     def _clean(self, segments) -> list[_Piece]:
         """Drop decoding loops, noise and known hallucinations; simplify characters."""
         pieces = []
-        for seg in segments:
+        for index, seg in enumerate(segments):
             text = drop_trailing_hallucination(self._to_simplified(seg.text.strip()))
             if (not text or seg.compression_ratio > MAX_COMPRESSION_RATIO
                     or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0)
+                    or (index > 0 and _is_tail_window(seg))
                     or any(h in text for h in HALLUCINATIONS)):
                 continue
             words = tuple(Word(self._to_simplified(w.word.strip()), float(w.start), float(w.end),
@@ -262,6 +301,16 @@ class WhisperStream(RecognizerStream):
         if drop:
             del self._audio[:drop * 2]
             self._audio_start += drop
+
+
+def _is_tail_window(seg) -> bool:
+    """A later segment that decoded only the audio after the last word (faster-whisper moves on
+    to the last word's end and decodes the rest as another window): the model calls it silence
+    and is unsure of every word. There Whisper writes credits (作词作曲, 作试) and, with hotwords,
+    echoes the hint list (赔一百万 双倍返还): measured tail words average p < 0.35, speech > 0.75."""
+    words = seg.words or ()
+    mean = sum(w.probability for w in words) / len(words) if words else 0.0
+    return seg.no_speech_prob > TAIL_NO_SPEECH and mean < TAIL_WORD_PROBABILITY
 
 
 def _group_chunks(chunks: list[tuple[int, int]], max_span: int, max_gap: int) -> list[list[tuple[int, int]]]:

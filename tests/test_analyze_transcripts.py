@@ -26,6 +26,7 @@ from callassist.audio import write_wav
 from callassist.transcripts import read_transcript
 from prompts.matcher import Matcher
 from prompts.playbook import load_playbook
+from test_analyze import check_clean_failure as check_one_line_failure
 
 RATE = 16000
 COMPLAINT = "你们再不解决，我就去工信部投诉你们。"      # regulator_complaint (customer only)
@@ -299,14 +300,9 @@ def test_output_file_and_text_helper(tmp_path, matcher):
 # --- bad input ----------------------------------------------------------------------------
 
 def check_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """The audio tests' check (one clean stderr line, nothing on stdout), and exit code 2."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("callassist analyze: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert proc.stdout == ""
+    check_one_line_failure(proc, *needles)
 
 
 BAD = [

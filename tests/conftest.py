@@ -44,3 +44,10 @@ def whisper_engine(whisper_base_model_dir):
     engine = WhisperEngine(whisper_base_model_dir, compute_type="int8", decode_threads=2)
     yield engine
     engine.close()
+
+
+# ---------------------------------------------------------------------------------------
+# asterisk: a real Asterisk (../shared/asterisk's build with config/asterisk/), started once
+# per session by the tests that ask for it; see tests/asterisk_fixture.py.
+# ---------------------------------------------------------------------------------------
+from asterisk_fixture import asterisk  # noqa: F401  (registers the session fixture)

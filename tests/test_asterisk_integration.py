@@ -1,120 +1,53 @@
 """callassist against a REAL Asterisk (not the ARI test peer).
 
-Set CALLASSIST_TEST_ARI_URL (+ CALLASSIST_TEST_ARI_USER, CALLASSIST_TEST_ARI_PASSWORD) to an
-Asterisk on this host whose dialplan has the callassist-test-* contexts of
-config/asterisk/extensions.conf (see docs/asterisk.md); otherwise every test here is skipped.
+The `asterisk` fixture (tests/asterisk_fixture.py) starts the shared Asterisk 23.4.1 with
+config/asterisk/ once per session; CALLASSIST_TEST_ARI_URL (+ _USER, _PASSWORD) points these
+tests at an external Asterisk instead, whose dialplan has the callassist-test-* contexts of
+config/asterisk/extensions.conf (docs/asterisk.md). Without either they are skipped, except in
+CI (CI=true or CALLASSIST_REQUIRE_ASTERISK=1), where that is a failure.
 
 A call is made of Local channels (the `callassist-test-*` contexts): the test originates
 `Local/s@callassist-test-customer/n` into `callassist-test-inbound`, whose ;1 half enters
 Stasis(callassist) and, once the app continues it, Dial()s `Local/agent@callassist-test-agent/n`.
 The other halves play synthesised Mandarin (callassist.testcalls) as the customer's and the
 agent's voices. The real AriApp taps both legs (snoop + externalMedia RTP) and feeds the real
-Whisper engine through the real CallPipeline and matcher.
+Whisper engine through the real CallPipeline and matcher. SIP phones: tests/test_sip_calls.py.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import logging
 import os
 import tempfile
-import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
 
-ARI_URL = os.environ.get("CALLASSIST_TEST_ARI_URL", "").rstrip("/")
-ARI_USER = os.environ.get("CALLASSIST_TEST_ARI_USER", "callassist")
-ARI_PASSWORD = os.environ.get("CALLASSIST_TEST_ARI_PASSWORD", "")
+from asterisk_fixture import (CONFIG_SOURCE, AriAccess, Network, RealAsterisk, ari_user, best_match,
+                              energy, network_for, no_leftovers, running_app, unavailable)
+
 # A directory Asterisk can read the test's audio from (default: a fresh temporary directory;
 # Asterisk must run on this host either way).
 AUDIO_DIR = os.environ.get("CALLASSIST_TEST_ASTERISK_AUDIO_DIR", "")
-APP = "callassist"                  # the dialplan's Stasis(callassist)
-TEST_CHANNELS = ("Local/s@callassist-test-customer", "Local/agent@callassist-test-agent")
-SKIP_REASON = ("real-Asterisk integration tests skipped: set CALLASSIST_TEST_ARI_URL "
-               "(e.g. http://127.0.0.1:8088), CALLASSIST_TEST_ARI_USER and CALLASSIST_TEST_ARI_PASSWORD "
-               "to an Asterisk on this host with the callassist-test-* contexts of "
-               "config/asterisk/extensions.conf loaded (docs/asterisk.md)")
+TEST_CHANNELS = Network.TEST_CHANNELS
 
-if not ARI_URL:
-    warnings.warn(SKIP_REASON, stacklevel=1)
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.skipif(not ARI_URL, reason=SKIP_REASON)]
+pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT = 90.0                 # seconds for a whole test call, Whisper on 2 shared cores included
 
-
-# ---------------------------------------------------------------- the "phone network" side
-
-class Network:
-    """The test's own ARI connection: places calls and inspects Asterisk, like the PBX's
-    users and its admin would. Separate from the app's client on purpose."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
-
-    async def _call(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                    json: Any = None, ok: tuple[int, ...] = (200, 204)) -> Any:
-        async with self.session.request(method, f"{ARI_URL}/ari{path}", params=params, json=json) as resp:
-            body = await resp.text()
-            if resp.status not in ok:
-                raise AssertionError(f"ARI {method} {path}: {resp.status} {body}")
-            return await resp.json() if body and resp.content_type == "application/json" else None
-
-    async def info(self) -> dict:
-        return await self._call("GET", "/asterisk/info")
-
-    async def originate(self, customer_audio: str, agent_audio: str) -> str:
-        """A customer call into the test dialplan; returns the customer channel's id (;1)."""
-        channel_id = f"catest-{uuid.uuid4().hex}"
-        await self._call("POST", "/channels", params={
-            "endpoint": "Local/s@callassist-test-customer/n", "context": "callassist-test-inbound",
-            "extension": "s", "priority": "1", "channelId": channel_id,
-            "otherChannelId": channel_id + "-2", "callerId": "13800138000", "timeout": "10",
-        }, json={"variables": {"__CUSTOMER_AUDIO": customer_audio, "__AGENT_AUDIO": agent_audio}})
-        return channel_id
-
-    async def channels(self) -> list[dict]:
-        return await self._call("GET", "/channels")
-
-    async def bridges(self) -> list[dict]:
-        return await self._call("GET", "/bridges")
-
-    async def hangup(self, channel_id: str) -> None:
-        await self._call("DELETE", f"/channels/{channel_id}", ok=(204, 404))
-
-    async def leftovers(self, call_channel_ids: set[str]) -> list[str]:
-        """Channels/bridges of this call or of the app (ids `callassist-<kind>-<hex>`)."""
-        from ari_app.models import OwnIds
-
-        ours = OwnIds(APP)
-        ids = call_channel_ids | {i + "-2" for i in call_channel_ids}
-        names = [f"channel {c['name']} ({c['id']})" for c in await self.channels()
-                 if ours.is_ours(c["id"]) or c["id"] in ids or c["name"].startswith(TEST_CHANNELS)]
-        names += [f"bridge {b['id']} {b.get('channels')}" for b in await self.bridges() if ours.is_ours(b["id"])]
-        return names
+@pytest.fixture
+def ari(asterisk: RealAsterisk) -> AriAccess:
+    return asterisk.ari
 
 
 @pytest.fixture
-async def network() -> AsyncIterator[Network]:
-    token = base64.b64encode(f"{ARI_USER}:{ARI_PASSWORD}".encode()).decode()
-    auth = {"Authorization": f"Basic {token}"}
-    async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        net = Network(session)
-        try:
-            info = await net.info()
-        except (aiohttp.ClientError, AssertionError, asyncio.TimeoutError) as exc:
-            pytest.fail(f"CALLASSIST_TEST_ARI_URL={ARI_URL} is set but Asterisk's ARI does not answer: {exc}")
-        log.info("Asterisk %s at %s", info["system"]["version"], ARI_URL)
+async def network(ari: AriAccess) -> AsyncIterator[Network]:
+    async with network_for(ari) as net:
         yield net
 
 
@@ -153,7 +86,7 @@ def make_call_audio(directory: Path, tag: str, customer_text: str, agent_text: s
     try:
         find_tts_model()
     except TtsUnavailableError as exc:
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     customer = build_call(CallScript(f"{tag}-customer", (Turn("customer", customer_text, pause=customer_lead),)),
                           tail=customer_tail)
     agent = build_call(CallScript(f"{tag}-agent", (Turn("agent", agent_text, pause=0.2),)))
@@ -167,124 +100,42 @@ def make_call_audio(directory: Path, tag: str, customer_text: str, agent_text: s
 
 # ---------------------------------------------------------------- the app under test
 
-@dataclass
-class Running:
-    app: Any
-    bus: Any
-    events: list = field(default_factory=list)
-    collector: asyncio.Task | None = None
-
-    def of(self, call_id: str, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind) and e.call_id == call_id]
-
-    async def wait_for(self, call_id: str, kind: type, timeout: float = CALL_TIMEOUT,
-                       where=lambda e: True) -> Any:
-        async def poll():
-            while True:
-                found = [e for e in self.of(call_id, kind) if where(e)]
-                if found:
-                    return found[0]
-                await asyncio.sleep(0.05)
-        try:
-            return await asyncio.wait_for(poll(), timeout)
-        except asyncio.TimeoutError:
-            kinds = [type(e).__name__ + (f"({e.problem})" if hasattr(e, "problem") else "")
-                     for e in self.events if getattr(e, "call_id", None) == call_id]
-            raise AssertionError(f"no {kind.__name__} for call {call_id} within {timeout:.0f} s; "
-                                 f"saw {kinds}") from None
-
-
-def app_config(url: str = ARI_URL):
-    from callassist.config import load_config
-
-    return load_config(env={"CALLASSIST_ARI_URL": url, "CALLASSIST_ARI_USERNAME": ARI_USER,
-                            "CALLASSIST_ARI_PASSWORD": ARI_PASSWORD, "CALLASSIST_ARI_APP": APP,
-                            "CALLASSIST_RECORDING_ENABLED": "true", "CALLASSIST_RECORDING_FORMAT": "wav",
-                            "CALLASSIST_ARI_RECONNECT_INITIAL_DELAY": "0.2"})
-
-
 @pytest.fixture(scope="module")
 def matcher():
+    from callassist.config import load_config
     from prompts.matcher import Matcher
     from prompts.playbook import load_playbook
 
-    config = app_config()
-    return Matcher.from_config(load_playbook(), config.matcher)
-
-
-@contextlib.asynccontextmanager
-async def running_app(engine, matcher, recordings: Path, url: str = ARI_URL) -> AsyncIterator[Running]:
-    from ari_app.app import AriApp
-    from callassist.bus import EventBus
-    from callassist.pipeline import CallPipeline
-
-    bus = EventBus()
-    app = AriApp(app_config(url), bus,
-                 pipeline_factory=lambda call_id: CallPipeline(call_id, engine, matcher, bus.publish),
-                 recordings_dir=recordings)
-    run = Running(app, bus)
-    subscription = bus.subscribe()
-
-    async def collect():
-        async for event in subscription:
-            run.events.append(event)
-    run.collector = asyncio.create_task(collect())
-    await app.start()
-    try:
-        await app.wait_ready(15)
-        yield run
-    finally:
-        await app.stop()
-        subscription.close()
-        run.collector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run.collector
-
-
-async def no_leftovers(network: Network, call_ids: set[str], timeout: float = 3.0) -> list[str]:
-    """What of this call / of the app is still in Asterisk (waits a moment for hangups to finish)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        left = await network.leftovers(call_ids)
-        if not left or asyncio.get_running_loop().time() > deadline:
-            return left
-        await asyncio.sleep(0.2)
-
-
-def energy(pcm: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
-
-
-def _peak_correlation(x: np.ndarray, ref: np.ndarray) -> float:
-    """Peak normalised cross-correlation of `ref` anywhere in `x` (1.0: identical)."""
-    from scipy import signal
-
-    if len(x) < len(ref) or not ref.any():
-        return 0.0
-    cc = signal.correlate(x, ref, mode="valid", method="fft")
-    local = np.sqrt(signal.correlate(x * x, np.ones(len(ref)), mode="valid", method="fft").clip(1e-9))
-    return float(np.max(cc / (local * np.linalg.norm(ref))))
-
-
-def best_match(recorded: np.ndarray, reference: np.ndarray, block: float = 0.25) -> float:
-    """How well `reference` is found in `recorded`, block by block: Asterisk now and then
-    inserts 20 ms of silence inside a stream (see shared/domain/asterisk.md), which breaks a
-    whole-utterance correlation but not 250 ms blocks. The median over the reference's
-    voiced blocks of each block's best match."""
-    x, ref = recorded.astype(np.float64), reference.astype(np.float64)
-    size = int(block * 16000)
-    blocks = [ref[i:i + size] for i in range(0, len(ref) - size + 1, size)]
-    voiced = [b for b in blocks if np.sqrt(np.mean(b * b)) > 300] or blocks
-    return float(np.median([_peak_correlation(x, b) for b in voiced])) if voiced else 0.0
+    return Matcher.from_config(load_playbook(), load_config(env={}).matcher)
 
 
 # ---------------------------------------------------------------- tests
 
-async def test_complaint_call_through_real_asterisk(network, whisper_engine, matcher, audio_dir, tmp_path):
+def test_sample_config_is_complete_and_agrees_with_callassist_toml():
+    """config/asterisk/ is a whole config dir a new user can start Asterisk with (the fixture
+    does): Asterisk exits without modules.conf, Queue() needs queues.conf; no #include (a
+    relative one silently leaves Asterisk without a dialplan when it does not resolve); its
+    ARI user (the ari.conf section name) is callassist.toml's default [ari] username."""
+    from callassist.config import load_config
+
+    files = {path.name: path.read_text() for path in CONFIG_SOURCE.glob("*.conf")}
+    assert {"modules.conf", "logger.conf", "http.conf", "ari.conf", "rtp.conf", "pjsip.conf",
+            "extensions.conf", "queues.conf"} <= set(files)
+    includes = [f"{name}: {line}" for name, text in files.items() for line in text.splitlines()
+                if line.lstrip().startswith(("#include", "#tryinclude", "#exec"))]
+    assert not includes, includes
+    user, _ = ari_user(CONFIG_SOURCE)
+    assert user == load_config(env={}).ari.username == "callassist"
+    assert "Queue(complaints" in files["extensions.conf"] and "[complaints]" in files["queues.conf"]
+    assert "Stasis(callassist)" in files["extensions.conf"]
+
+
+
+async def test_complaint_call_through_real_asterisk(network, ari, whisper_engine, matcher, audio_dir, tmp_path):
     from callassist.events import AgentJoined, CallEnded, CallFault, CallStarted, CardFired, TranscriptUpdate
 
     audio = make_call_audio(audio_dir, "regulator", "我要去工信部投诉你们。", "您好，请问有什么可以帮您？")
-    async with running_app(whisper_engine, matcher, tmp_path) as run:
+    async with running_app(whisper_engine, matcher, tmp_path, ari) as run:
         call_id = await network.originate(audio.customer, audio.agent)
 
         started = await run.wait_for(call_id, CallStarted, timeout=10)
@@ -327,13 +178,14 @@ async def test_complaint_call_through_real_asterisk(network, whisper_engine, mat
     assert joined.endpoint == "Local/agent@callassist-test-agent"
 
 
-async def test_words_spoken_just_before_hangup_still_count(network, whisper_engine, matcher, audio_dir, tmp_path):
+async def test_words_spoken_just_before_hangup_still_count(network, ari, whisper_engine, matcher, audio_dir,
+                                                          tmp_path):
     """The customer complains and hangs up 1.5 s later, while the utterance is still being
     recognised: the call's transcript and cards must still get it (finish, not drop)."""
     from callassist.events import CallEnded, CardFired, TranscriptUpdate
 
     audio = make_call_audio(audio_dir, "lastwords", "我要去工信部投诉你们。", "您好。", customer_tail=0.5)
-    async with running_app(whisper_engine, matcher, tmp_path) as run:
+    async with running_app(whisper_engine, matcher, tmp_path, ari) as run:
         call_id = await network.originate(audio.customer, audio.agent)
         ended = await run.wait_for(call_id, CallEnded, timeout=30)
         finals = [e.text for e in run.of(call_id, TranscriptUpdate) if e.final and e.speaker == "customer"]
@@ -408,7 +260,7 @@ class DroppingProxy:
             await self.server.wait_closed()
 
 
-async def test_dropped_events_websocket_is_survived(network, whisper_engine, matcher, audio_dir, tmp_path):
+async def test_dropped_events_websocket_is_survived(network, ari, whisper_engine, matcher, audio_dir, tmp_path):
     """Cut every connection of the app to Asterisk right after the taps are up: the app
     reconnects, resynchronises, keeps the call, and the complaint spoken after the drop
     still gives its card; nothing is left behind."""
@@ -416,14 +268,14 @@ async def test_dropped_events_websocket_is_survived(network, whisper_engine, mat
 
     from callassist.events import AgentJoined, CallEnded, CardFired
 
-    parts = urlsplit(ARI_URL)
+    parts = urlsplit(ari.url)
     proxy = DroppingProxy(parts.hostname or "127.0.0.1", parts.port or 80)
     proxy_url = await proxy.start()
     # the complaint starts ~3.5 s after the answer: after the drop and the reconnect
     audio = make_call_audio(audio_dir, "dropped", "我要去工信部投诉你们。", "您好，请问有什么可以帮您？",
                             customer_lead=2.0)
     try:
-        async with running_app(whisper_engine, matcher, tmp_path, url=proxy_url) as run:
+        async with running_app(whisper_engine, matcher, tmp_path, ari, url=proxy_url) as run:
             call_id = await network.originate(audio.customer, audio.agent)
             await run.wait_for(call_id, AgentJoined, timeout=15)
             await asyncio.sleep(0.3)                 # let the agent tap settle

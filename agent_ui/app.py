@@ -1,7 +1,7 @@
 """The web app: agent screen, supervisor board, QA review, JSON API and /ws.
 
     app = create_app(config, store, bus, playbook)
-    web.run_app(app, host=config.web.host, port=config.web.port, ssl_context=...)
+    runner = agent_ui.limits.make_runner(app)     # the server's timeouts ([web] idle_timeout)
 
 Pages (Chinese UI, plain ES modules, no build step):
   GET  /login, POST /login, POST /logout, GET / (-> the role's home page)
@@ -13,6 +13,7 @@ Pages (Chinese UI, plain ES modules, no build step):
   POST /qa/call/{call_id}/review
   GET  /qa/call/{call_id}/export.{json,vtt,csv}
   GET  /recordings/{call_id}    the call's recording (Range requests), from the DB path only
+  GET  /users                   user management and the audit log (admin; agent_ui.views.users)
 JSON: GET /api/me, /api/meta, /api/calls, /api/calls/{call_id}, /api/live;
       POST /api/cards/{card_id}/ack, /api/cards/{card_id}/feedback
 Websocket: GET /ws[?call=ID] (agent_ui.views.ws): stored events pushed as committed,
@@ -33,9 +34,10 @@ from typing import Any
 from aiohttp import web
 
 from agent_ui.auth import LoginRateLimiter
+from agent_ui.limits import body_deadline_middleware
 from agent_ui.security import (APP_CONFIG, APP_PLAYBOOK, APP_STORE, APP_TLS, add_security_headers,
                                csrf_middleware, session_middleware)
-from agent_ui.views import agent, api, login, qa, supervisor, ws
+from agent_ui.views import agent, api, login, qa, supervisor, users, ws
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -48,7 +50,8 @@ def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None) -
     if playbook is None:
         from prompts.playbook import load_playbook
         playbook = load_playbook()
-    app = web.Application(middlewares=[session_middleware, csrf_middleware],
+    # the body is read (within [web] request_timeout) before a session or CSRF check
+    app = web.Application(middlewares=[body_deadline_middleware, session_middleware, csrf_middleware],
                           client_max_size=MAX_REQUEST_BYTES)
     app[APP_STORE] = store
     app[APP_CONFIG] = config
@@ -56,7 +59,7 @@ def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None) -
     app[APP_TLS] = bool(config.web.tls_cert)
     app[login.APP_LIMITER] = LoginRateLimiter(config.web.login_attempts_per_minute, store)
     app.on_response_prepare.append(add_security_headers)
-    for module in (login, agent, supervisor, qa, api, ws):
+    for module in (login, agent, supervisor, qa, api, users, ws):
         module.setup(app)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
     if bus is not None:

@@ -12,10 +12,12 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
+import unicodedata
+from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -96,65 +98,138 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
 
 # --- login rate limiting --------------------------------------------------------------
 
+def normalise_username(username: str) -> str:
+    """The form usernames are compared in for look-alikes and rate limits: NFKC case
+    folding (full-width letters, ligatures and case all fold: Ａｄｍｉｎ, ADMIN -> admin)."""
+    nfkc = unicodedata.normalize("NFKC", username.strip())
+    return unicodedata.normalize("NFKC", nfkc.casefold())
+
+
+@dataclass(frozen=True)
+class LoginAdmission:
+    """What LoginRateLimiter.admit decided for one login attempt.
+
+    retry_after > 0: refuse now (HTTP 429, Retry-After). Otherwise wait `delay` seconds
+    (asyncio.sleep) before checking the password; the attempt is already counted as a
+    failure (`ticket`) and LoginRateLimiter.succeeded forgets it."""
+    retry_after: float
+    delay: float
+    ticket: tuple[int, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.retry_after <= 0.0
+
+
+class FailedLoginLedger(Protocol):
+    """Where failed logins are counted: AccountStore (the database) or _MemoryAttempts."""
+
+    def reserve_login_attempt(self, address_key: str, account_key: str, limit: int,
+                              window: float, account_window: float,
+                              now: float) -> tuple[float, int, tuple[int, ...]]: ...
+
+    def forget_login_attempt(self, ids: Collection[int]) -> None: ...
+
+
+class _MemoryAttempts:
+    """In-memory failed logins (tests, tools): the AccountStore methods' semantics."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        self._next_id = 0
+
+    def reserve_login_attempt(self, address_key: str, account_key: str, limit: int,
+                              window: float, account_window: float,
+                              now: float) -> tuple[float, int, tuple[int, ...]]:
+        # synchronous, no await inside: atomic on the event loop
+        horizon = now - max(window, account_window)
+        for key in (address_key, account_key):
+            self._times[key] = [(at, i) for at, i in self._times[key] if at > horizon]
+        recent = sorted(at for at, _ in self._times[address_key] if at > now - window)
+        if len(recent) >= limit:
+            return max(recent[-limit] + window - now, 0.001), 0, ()
+        account_failures = sum(1 for at, _ in self._times[account_key] if at > now - account_window)
+        ids = []
+        for key in (address_key, account_key):
+            self._next_id += 1
+            self._times[key].append((now, self._next_id))
+            ids.append(self._next_id)
+        return 0.0, account_failures, tuple(ids)
+
+    def forget_login_attempt(self, ids: Collection[int]) -> None:
+        for key, times in self._times.items():
+            self._times[key] = [(at, i) for at, i in times if i not in ids]
+
+
 class LoginRateLimiter:
-    """At most `attempts_per_minute` FAILED logins per account and per client address
-    in any sliding 60 s window. Successful logins cost nothing.
+    """Failed logins, limited so that nobody can lock an account out from everywhere:
 
-    With a `store`, failures are kept in the database (table login_attempts), so a
-    restart does not reset the limits; without one, in memory (tests, tools).
+    - per client ADDRESS, a lock: at most `attempts_per_minute` failures in any sliding
+      60 s window (any usernames); past that, that address gets 429 until the oldest
+      failure ages out;
+    - per ACCOUNT (the normalised username: Admin, ADMIN and ａｄｍｉｎ are one account),
+      never a lock but a growing delay before the password is checked: from
+      `attempts_per_minute` failures in the last 15 minutes on, 0.5 s doubling per
+      further failure, at most ACCOUNT_DELAY_MAX. The owner logging in from another
+      address waits at most that long; a guesser spread over many addresses is slowed
+      down as well as limited per address.
 
-        wait = limiter.retry_after(username, address)   # > 0: refuse (HTTP 429)
-        ... verify ...
-        if not ok: limiter.record_failure(username, address)
+    Atomic under concurrency: `admit` records the attempt as a failure BEFORE the
+    password is checked, in one transaction with the check of the limit (so 40 parallel
+    wrong passwords cannot all pass the check), and `succeeded` forgets it. With a
+    `store`, failures are in the database (login_attempts), so a restart and other
+    processes see them; without one, in memory.
+
+        admission = limiter.admit(username, address)
+        if not admission.allowed: ... 429, Retry-After: admission.retry_after
+        await asyncio.sleep(admission.delay); ... verify ...
+        if ok: limiter.succeeded(admission)
     """
 
     WINDOW = 60.0
+    ACCOUNT_WINDOW = 900.0
+    ACCOUNT_DELAY_BASE = 0.5
+    ACCOUNT_DELAY_MAX = 8.0
+    MAX_TRACKED_LOCKS = 10_000
 
     def __init__(self, attempts_per_minute: int, store: Store | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if attempts_per_minute < 1:
             raise ValueError("attempts_per_minute must be at least 1")
         self.limit = attempts_per_minute
-        self._store = store
+        self._attempts: FailedLoginLedger = (store.accounts if store is not None
+                                             else _MemoryAttempts())
         self._clock = clock
-        self._memory: dict[str, deque[float]] = defaultdict(deque)
+        self._refused_until: dict[str, float] = {}
 
-    @staticmethod
-    def keys(username: str, address: str) -> tuple[str, ...]:
-        keys = [f"user:{username.strip().lower()}"] if username.strip() else []
-        if address:
-            keys.append(f"addr:{address}")
-        return tuple(keys)
+    def account_delay(self, account_failures: int) -> float:
+        if account_failures < self.limit:
+            return 0.0
+        excess = min(account_failures - self.limit, 16)       # 2**16: far past the cap
+        return min(self.ACCOUNT_DELAY_BASE * 2 ** excess, self.ACCOUNT_DELAY_MAX)
 
-    def _times(self, key: str, since: float) -> list[float]:
-        if self._store is not None:
-            return self._store.login_failures(key, since)
-        times = self._memory[key]
-        while times and times[0] <= since:
-            times.popleft()
-        return list(times)
+    def admit(self, username: str, address: str) -> LoginAdmission:
+        retry_after, account_failures, ticket = self._attempts.reserve_login_attempt(
+            f"addr:{address or '?'}", f"acct:{normalise_username(username)}", self.limit,
+            self.WINDOW, self.ACCOUNT_WINDOW, self._clock())
+        if retry_after > 0:
+            return LoginAdmission(retry_after, 0.0)
+        return LoginAdmission(0.0, self.account_delay(account_failures), ticket)
 
-    def retry_after(self, username: str, address: str) -> float:
-        """0.0 if a login may be attempted now, else seconds until one may."""
+    def first_refusal(self, address: str, retry_after: float) -> bool:
+        """True for the first refusal of `address` in its lock period. Only that one is
+        audited: a flood of refused attempts must not flood the audit log (and the disk)."""
         now = self._clock()
-        wait = 0.0
-        for key in self.keys(username, address):
-            times = self._times(key, now - self.WINDOW)
-            if len(times) >= self.limit:
-                # allowed again when enough of the window's failures have aged out
-                wait = max(wait, times[-self.limit] + self.WINDOW - now)
-        return max(wait, 0.0)
+        if len(self._refused_until) > self.MAX_TRACKED_LOCKS:
+            self._refused_until = {a: t for a, t in self._refused_until.items() if t > now}
+        if self._refused_until.get(address, 0.0) > now:
+            return False
+        self._refused_until[address] = now + retry_after
+        return True
 
-    def allowed(self, username: str, address: str) -> bool:
-        return self.retry_after(username, address) <= 0.0
-
-    def record_failure(self, username: str, address: str) -> None:
-        now = self._clock()
-        for key in self.keys(username, address):
-            if self._store is not None:
-                self._store.add_login_failure(key, now)
-            else:
-                self._memory[key].append(now)
+    def succeeded(self, admission: LoginAdmission) -> None:
+        """The password was right: the attempt costs nothing."""
+        self._attempts.forget_login_attempt(admission.ticket)
 
 
 # --- roles ----------------------------------------------------------------------------

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -27,6 +28,7 @@ CSRF_FIELD = "csrf_token"
 PUBLIC_PATHS = frozenset({"/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SERVER_NAME = "callassist"              # the Server header: no product versions to look up
 # Requests answered with a status code rather than a redirect to the login page.
 API_PREFIXES = ("/api/", "/ws", "/recordings/")
 
@@ -94,8 +96,8 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     store = request.app[APP_STORE]
     token = request.cookies.get(SESSION_COOKIE, "")
-    session = store.get_session(token) if token else None
-    user = store.get_user(session["username"]) if session else None
+    session = store.accounts.get_session(token) if token else None
+    user = store.accounts.get_user(session["username"]) if session else None
     if user is not None:
         user = {k: v for k, v in user.items() if k != "password_hash"}
         request[REQ_USER], request[REQ_CSRF], request[REQ_SESSION] = user, session["csrf"], token
@@ -129,9 +131,18 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def hide_server_software() -> None:
+    """aiohttp's own answers to a malformed request (bad request line or header: no app
+    code runs, so no on_response_prepare) carry its default Server header, which names
+    the Python and aiohttp versions; that default is module state in aiohttp."""
+    import aiohttp.web_response
+    aiohttp.web_response.SERVER_SOFTWARE = SERVER_NAME
+
+
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every response, errors, static files and websockets included."""
     headers = response.headers
+    headers["Server"] = SERVER_NAME
     headers.setdefault("Content-Security-Policy", CSP)
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
@@ -192,11 +203,36 @@ def same_origin(request: web.Request) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc.lower() == request.host.lower()
 
 
+# Printable ASCII but space and backslash: what a checked target keeps unencoded.
+_NEXT_SAFE_CHARS = "".join(chr(c) for c in range(0x21, 0x7f) if chr(c) != "\\")
+_NEXT_UNQUOTE_ROUNDS = 5
+
+
+def _local_path(text: str) -> bool:
+    """A path on this site: one leading slash, no backslash (browsers read it as a
+    slash) and no control, format or line-separator character (browsers drop tabs and
+    newlines from URLs, so "/\t/evil.example" would become "//evil.example")."""
+    return (text.startswith("/") and not text.startswith("//") and "\\" not in text
+            and not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text))
+
+
 def safe_next(target: str | None, default: str) -> str:
-    """A post-login redirect target: a local path only (no //host, no scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A post-login redirect target: a local path only, as given and percent-decoded
+    (any number of times: %2509 is %09 is a tab), with no whitespace as given;
+    otherwise `default`. Non-ASCII comes back percent-encoded (a Location header)."""
+    if not target or any(ch.isspace() for ch in target) or not _local_path(target):
         return default
-    return target
+    decoded = target
+    for _ in range(_NEXT_UNQUOTE_ROUNDS):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+        if not _local_path(decoded):
+            return default
+    else:
+        return default                            # still encoded after that many rounds
+    return quote(target, safe=_NEXT_SAFE_CHARS)
 
 
 def public_user(user: Mapping[str, Any]) -> dict[str, Any]:

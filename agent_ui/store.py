@@ -1,5 +1,6 @@
 """The one module that owns the SQLite database: calls, their events, transcripts,
-prompt cards, QA reviews, web users and sessions.
+prompt cards and QA reviews; web accounts (users, sessions, failed logins, the audit
+log) are in agent_ui.account_store.AccountStore, reached as `store.accounts`.
 
 One file (data_dir/callassist.db) in WAL mode, so the web app keeps serving reads
 while the store writes, and `callassist user ...` / `archive import` can write from
@@ -31,13 +32,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_ui.auth import ROLES, SESSION_TTL, hash_token, new_token
 from agent_ui.migrations import MIGRATIONS
 from agent_ui.risk import call_risk
 from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted,
@@ -56,8 +56,10 @@ RECORDINGS_DIR = "recordings"
 CALL_STATUSES = ("live", "ended")
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 FTS_MIN_CHARS = 3                      # trigram tokens: shorter queries use LIKE
-USERNAME_MAX = 64
+AUDIT_RETENTION_DAYS = 400           # logins and user changes: over a year of history
 PURGE_BATCH = 200                      # calls deleted per transaction
+# (call id, its stored recording inside data_dir/recordings or None) -> (file, seconds) or None
+RecordingRecovery = Callable[[str, "Path | None"], "tuple[Path, float] | None"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class Store:
         self.recordings_dir = self.path.parent / RECORDINGS_DIR
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
+        from agent_ui.account_store import AccountStore   # it imports this module
+        self.accounts = AccountStore(self)
         if not self.path.parent.is_dir():
             raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
         created = not self.path.exists()
@@ -250,8 +254,10 @@ class Store:
     def _on_call_started(self, db: sqlite3.Connection, e: CallStarted) -> None:
         # MIN: a repeated CallStarted does not move the start; events seen before it
         # (legs are not ordered) made the row with their own, later time
-        db.execute("UPDATE calls SET caller = ?, source = ?, started_at = MIN(started_at, ?) "
-                   "WHERE call_id = ?", (e.caller, e.source, e.at, e.call_id))
+        # the recording's path is linked as soon as it is opened: a crash cannot lose it
+        db.execute("UPDATE calls SET caller = ?, source = ?, started_at = MIN(started_at, ?), "
+                   "recording_path = COALESCE(?, recording_path) WHERE call_id = ?",
+                   (e.caller, e.source, e.at, e.recording, e.call_id))
 
     def _on_agent_joined(self, db: sqlite3.Connection, e: AgentJoined) -> None:
         db.execute("INSERT OR IGNORE INTO call_agents (call_id, endpoint, joined_at) VALUES (?, ?, ?)",
@@ -381,18 +387,64 @@ class Store:
                               getattr(event, "call_id", "?"))
                 return
 
+    def interrupted_calls(self) -> list[dict[str, Any]]:
+        """Calls a previous run left 'live' (call at start-up, before any call can start):
+        call_id, source, caller, started_at, recording (its stored file inside
+        data_dir/recordings, or None), last_event_at and next_utterance (the utterance
+        numbers below it are taken), for tapping them again if they are still up."""
+        with self._lock:
+            rows = self._db.execute(
+                """SELECT c.call_id, c.source, c.caller, c.started_at, c.recording_path,
+                          (SELECT MAX(e.at) FROM events e WHERE e.call_id = c.call_id) AS last_event_at,
+                          (SELECT COALESCE(MAX(json_extract(e.payload, '$.utterance')), -1) + 1
+                           FROM events e WHERE e.call_id = c.call_id AND e.type = 'TranscriptUpdate'
+                          ) AS next_utterance
+                   FROM calls c WHERE c.status = 'live' ORDER BY c.started_at""").fetchall()
+        return [{"call_id": r["call_id"], "source": r["source"], "caller": r["caller"] or "",
+                 "started_at": r["started_at"], "recording": self._in_recordings(r["recording_path"]),
+                 "last_event_at": r["last_event_at"], "next_utterance": r["next_utterance"]}
+                for r in rows]
+
     def close_interrupted_calls(self, now: float | None = None,
-                                problem: str = "callassist restarted during the call") -> int:
-        """Mark calls left 'live' by a previous run as ended (a CallFault and a CallEnded
-        each). Call once at start-up, before any call can start; returns how many."""
+                                problem: str = "callassist restarted during the call", *,
+                                recover: RecordingRecovery | None = None,
+                                call_ids: Collection[str] | None = None) -> int:
+        """Mark calls left 'live' by a previous run as ended: a CallFault and a CallEnded
+        each. `recover(call_id, stored recording or None)` makes the call's recording
+        whole and returns (its path, seconds of audio in it): the CallEnded links that
+        file and gives that length, so the downtime is not counted as call time.
+        Without a recording a call lasts until its last stored event. With `call_ids`,
+        only those (the ones found live at start-up: calls started since are not
+        leftovers). It may take a while (FLAC is encoded here); returns how many were closed."""
         now = time.time() if now is None else now
         with self._lock:
-            rows = self._db.execute("SELECT call_id, started_at FROM calls WHERE status = 'live'"
-                                    ).fetchall()
+            rows = self._db.execute(
+                """SELECT c.call_id, c.started_at, c.recording_path,
+                          (SELECT MAX(e.at) FROM events e WHERE e.call_id = c.call_id) AS last_at
+                   FROM calls c WHERE c.status = 'live'""").fetchall()
+        closed = 0
         for row in rows:
-            self.record_many([CallFault(row["call_id"], problem, at=now),
-                              CallEnded(row["call_id"], max(0.0, now - row["started_at"]), at=now)])
-        return len(rows)
+            call_id = row["call_id"]
+            if call_ids is not None and call_id not in call_ids:
+                continue
+            problems = [problem]
+            recording: str | None = None
+            duration = max(0.0, (row["last_at"] or row["started_at"]) - row["started_at"])
+            if recover is not None:
+                try:
+                    found = recover(call_id, self._in_recordings(row["recording_path"]))
+                except Exception as exc:       # a damaged file: keep it and the stored link
+                    log.error("call %s: recording not recovered: %s", call_id, exc)
+                    problems.append(f"recording not recovered: {exc}")
+                else:
+                    if found is not None:
+                        recording, duration = str(found[0]), found[1]
+            self.record_many([
+                CallFault(call_id, "; ".join(problems), at=now),
+                CallEnded(call_id, round(duration, 3), recording=recording,
+                          at=row["started_at"] + duration)])
+            closed += 1
+        return closed
 
     # --- live feed ------------------------------------------------------------------
 
@@ -660,131 +712,6 @@ class Store:
                        (call_id, reviewer, verdict, notes, adherence_score, time.time()))
         return True
 
-    # --- users ----------------------------------------------------------------------
-
-    @staticmethod
-    def check_username(username: str) -> None:
-        if not username or len(username) > USERNAME_MAX or not all(
-                ch.isalnum() or ch in "._@-" for ch in username) or username[0] in ".-":
-            raise StoreError(f"invalid username {username!r}: use 1-{USERNAME_MAX} letters, digits "
-                             "and . _ @ - (not starting with . or -)")
-
-    def add_user(self, username: str, role: str, password_hash: str, display_name: str = "",
-                 endpoints: Iterable[str] = ()) -> None:
-        self.check_username(username)
-        if role not in ROLES:
-            raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-        endpoints = list(dict.fromkeys(e.strip() for e in endpoints))
-        for endpoint in endpoints:
-            if not endpoint or any(ch.isspace() for ch in endpoint):
-                raise StoreError(f"invalid endpoint {endpoint!r} (expected e.g. PJSIP/1001)")
-        with self._write() as db:
-            if db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
-                raise StoreError(f"user {username!r} already exists")
-            for endpoint in endpoints:
-                owner = db.execute("SELECT username FROM user_endpoints WHERE endpoint = ?",
-                                   (endpoint,)).fetchone()
-                if owner:
-                    raise StoreError(f"endpoint {endpoint} already belongs to user {owner[0]!r}")
-            db.execute("INSERT INTO users (username, role, display_name, password_hash, created_at) "
-                       "VALUES (?, ?, ?, ?, ?)", (username, role, display_name, password_hash,
-                                                  time.time()))
-            db.executemany("INSERT INTO user_endpoints (endpoint, username) VALUES (?, ?)",
-                           [(e, username) for e in endpoints])
-
-    def _user(self, db: sqlite3.Connection, row: sqlite3.Row | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
-        user = dict(row)
-        user["endpoints"] = [r[0] for r in db.execute(
-            "SELECT endpoint FROM user_endpoints WHERE username = ? ORDER BY endpoint",
-            (user["username"],))]
-        return user
-
-    def get_user(self, username: str) -> dict[str, Any] | None:
-        """username, role, display_name, password_hash (for login only: never send it
-        to a browser), created_at, endpoints."""
-        with self._read() as db:
-            return self._user(db, db.execute("SELECT * FROM users WHERE username = ?",
-                                             (username,)).fetchone())
-
-    def user_for_endpoint(self, endpoint: str) -> dict[str, Any] | None:
-        with self._read() as db:
-            return self._user(db, db.execute(
-                "SELECT u.* FROM users u JOIN user_endpoints e ON e.username = u.username "
-                "WHERE e.endpoint = ?", (endpoint,)).fetchone())
-
-    def list_users(self) -> list[dict[str, Any]]:
-        """Every user without the password hash, by username."""
-        with self._read() as db:
-            users = [self._user(db, r) for r in db.execute(
-                "SELECT username, role, display_name, created_at FROM users ORDER BY username")]
-        return users  # type: ignore[return-value]
-
-    def set_password_hash(self, username: str, password_hash: str) -> bool:
-        with self._write() as db:
-            return db.execute("UPDATE users SET password_hash = ? WHERE username = ?",
-                              (password_hash, username)).rowcount > 0
-
-    def remove_user(self, username: str) -> bool:
-        """Remove the user, their endpoints and sessions. Their reviews and card
-        acknowledgements stay (QA history). False: no such user."""
-        with self._write() as db:
-            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
-
-    # --- sessions -------------------------------------------------------------------
-
-    def create_session(self, username: str, ttl: float = SESSION_TTL,
-                       now: float | None = None) -> tuple[str, str]:
-        """A new session: (token for the cookie, CSRF token for forms and websocket)."""
-        now = time.time() if now is None else now
-        token, csrf = new_token(), new_token()
-        try:
-            with self._write() as db:
-                db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-                db.execute("INSERT INTO sessions (token_hash, username, csrf, created_at, expires_at) "
-                           "VALUES (?, ?, ?, ?, ?)", (hash_token(token), username, csrf, now, now + ttl))
-        except sqlite3.IntegrityError:
-            raise StoreError(f"no user {username!r}") from None
-        return token, csrf
-
-    def get_session(self, token: str, now: float | None = None) -> dict[str, Any] | None:
-        """username, csrf, created_at, expires_at; None if unknown or expired."""
-        if not token:
-            return None
-        now = time.time() if now is None else now
-        with self._lock:
-            row = self._db.execute("SELECT username, csrf, created_at, expires_at FROM sessions "
-                                   "WHERE token_hash = ?", (hash_token(token),)).fetchone()
-        if row is None:
-            return None
-        if row["expires_at"] <= now:
-            self.delete_session(token)
-            return None
-        return dict(row)
-
-    def delete_session(self, token: str) -> bool:
-        with self._write() as db:
-            return db.execute("DELETE FROM sessions WHERE token_hash = ?",
-                              (hash_token(token),)).rowcount > 0
-
-    def delete_user_sessions(self, username: str) -> int:
-        with self._write() as db:
-            return db.execute("DELETE FROM sessions WHERE username = ?", (username,)).rowcount
-
-    # --- login attempts (agent_ui.auth.LoginRateLimiter) ------------------------------
-
-    def add_login_failure(self, key: str, at: float) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM login_attempts WHERE key = ? AND at < ?", (key, at - 3600))
-            db.execute("INSERT INTO login_attempts (key, at) VALUES (?, ?)", (key, at))
-
-    def login_failures(self, key: str, since: float) -> list[float]:
-        """Times of failed logins for `key` after `since`, oldest first."""
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT at FROM login_attempts WHERE key = ? AND at > ? ORDER BY at", (key, since))]
-
     # --- retention ------------------------------------------------------------------
 
     def purge(self, retention_days: float, now: float | None = None) -> int:
@@ -793,9 +720,7 @@ class Store:
         deleted). 0 keeps everything. Also drops expired sessions and old login
         attempts. Returns the number of calls deleted."""
         now = time.time() if now is None else now
-        with self._write() as db:
-            db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-            db.execute("DELETE FROM login_attempts WHERE at < ?", (now - 86400,))
+        self.accounts.purge(now, AUDIT_RETENTION_DAYS)
         if retention_days <= 0:
             return 0
         cutoff = now - retention_days * 86400
@@ -851,10 +776,16 @@ class Store:
             log.error("retention: cannot delete %s: %s", path, exc)
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, *, create: bool = True) -> Store:
     """The store of a configuration: data_dir/callassist.db (data_dir and its recordings
-    folder are created, readable by the owner only)."""
+    folder are created, readable by the owner only). With create=False (commands that
+    only read or change what is there) nothing is created: no database is an error that
+    names the directory, so a command run in the wrong place never leaves folders behind."""
     data_dir = config.data_dir
+    if not create and not (data_dir / DB_NAME).is_file():
+        raise StoreError(f"no callassist database in {data_dir} (nothing stored there yet; the data "
+                         f"directory is [storage] data_dir or $CALLASSIST_STORAGE_DATA_DIR; "
+                         f"`callassist user add` creates it)")
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (data_dir / RECORDINGS_DIR).mkdir(mode=0o700, exist_ok=True)

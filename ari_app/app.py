@@ -14,24 +14,31 @@ were away is found in its Dial bridge, customers left waiting in Stasis are take
 and our own channels and bridges that belong to no call are deleted: that is also the
 start-up sweep after a crash). The same resync runs every `resync_interval` seconds
 as a safety net.
+
+After a crash, the calls the previous run was tapping (`resumable`, from the store)
+whose customer Asterisk still has are tapped again at the first resync: same call id
+and timeline, the recording continued in the same file with silence for the gap, a
+CallFault saying which seconds of the call were not heard; the dead run's snoops and
+bridges are swept. A call whose file cannot be continued records the rest in a new
+file (`<name>.part2.<fmt>`) that the fault names.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-import re
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ari_app.calls import (STASIS_START_WAIT, Call, LegMedia, LegTap, PipelineLike, StasisWaiter,
-                           TapAborted, TapFailed, Tapper)
+from ari_app.calls import (STASIS_START_WAIT, Call, InterruptedCall, LegMedia, LegTap, PipelineLike,
+                           StasisWaiter, TapAborted, TapFailed, Tapper, UtteranceShift)
 from ari_app.client import AriClient, AriDisconnected, AriError, AriNotFound, EventSocket
 from ari_app.models import AriEvent, Bridge, Channel, OwnIds
 from ari_app.ports import PortPool
-from ari_app.recorder import CallRecorder
+from ari_app.recorder import CallRecorder, partial_path, recording_name
 from callassist.bus import EventBus
 from callassist.config import Config
 from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted, CardFired,
@@ -52,6 +59,7 @@ class ResyncReport:
     retapped: int = 0          # legs re-tapped
     agents_found: int = 0      # agents answered while we were away
     adopted: int = 0           # customers found waiting in our Stasis app
+    resumed: int = 0           # calls of the previous run tapped again
     swept_channels: int = 0
     swept_bridges: int = 0
 
@@ -59,7 +67,8 @@ class ResyncReport:
 class AriApp:
     def __init__(self, config: Config, bus: EventBus, pipeline_factory: PipelineFactory | None = None,
                  recordings_dir: str | Path | None = None, *, client: AriClient | None = None,
-                 ports: PortPool | None = None, resync_interval: float = 60.0) -> None:
+                 ports: PortPool | None = None, resync_interval: float = 60.0,
+                 resumable: Iterable[InterruptedCall] = ()) -> None:
         if client is None and not config.ari.url:
             raise ValueError("[ari] url is empty: set it to Asterisk's HTTP address, "
                              "e.g. http://127.0.0.1:8088")
@@ -76,6 +85,8 @@ class AriApp:
                              self._publish)
         self.resync_interval = resync_interval
         self.calls: dict[str, Call] = {}          # by call id (the customer channel's id)
+        self._resumable = {c.call_id: c for c in resumable}   # decided at the first resync
+        self.resumed: set[str] = set()            # ids of the calls tapped again
         self.disconnects = 0
         self.last_resync: ResyncReport | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -91,8 +102,27 @@ class AriApp:
         from callassist.pipeline import CallPipeline
 
         def pipeline(call_id: str) -> PipelineLike:
-            return CallPipeline(call_id, engine, matcher, bus.publish)
-        return cls(config, bus, pipeline, recordings_dir, **kwargs)
+            return CallPipeline(call_id, engine, matcher, app.publisher_for(call_id))
+        app = cls(config, bus, pipeline, recordings_dir, **kwargs)
+        return app
+
+    def publisher_for(self, call_id: str) -> Callable[[CallEvent], None]:
+        """Where a call's pipeline publishes: the bus, through UtteranceShift for a
+        call tapped again after a restart."""
+        call = self.calls.get(call_id)
+        if call is not None and call.utterance_base:
+            return UtteranceShift(self.bus.publish, call.utterance_base)
+        return self.bus.publish
+
+    def open_recordings(self) -> set[Path]:
+        """The files the calls' recorders are writing (crash recovery must not touch them)."""
+        return {call.recorder.live_path for call in self.calls.values() if call.recorder is not None}
+
+    def release_resumable(self) -> set[str]:
+        """Give up tapping the previous run's calls again (Asterisk did not answer in
+        time: the caller closes them out); returns the ids that were tapped again."""
+        self._resumable.clear()
+        return set(self.resumed)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,8 +304,12 @@ class AriApp:
 
     # -- a call's life -------------------------------------------------------------------------------
     async def _open_call(self, call: Call, leg: LegTap) -> None:
-        self._publish(CallStarted(call.call_id, caller=call.caller, source="ari"))
-        self._open_outputs(call)
+        recording_problem = self._open_recorder(call)     # first: CallStarted links its file
+        self._publish(CallStarted(call.call_id, caller=call.caller, source="ari",
+                                  recording=str(call.recording) if call.recording else None))
+        if recording_problem:
+            self._publish(CallFault(call.call_id, recording_problem))
+        self._open_pipeline(call)
         try:
             await self.ari.subscribe(f"channel:{call.customer_id}")
         except AriError as exc:   # without it we learn of the hangup from the snoop's end
@@ -298,22 +332,27 @@ class AriApp:
         except AriError as exc:
             log.warning("call %s: continue failed: %s", channel_id, exc)
 
-    def _open_outputs(self, call: Call) -> None:
+    def _open_pipeline(self, call: Call) -> None:
         if self.pipeline_factory is not None:
             try:
                 call.pipeline = self.pipeline_factory(call.call_id)
             except Exception as exc:
                 log.exception("call %s: no speech pipeline", call.call_id)
                 self._publish(CallFault(call.call_id, f"speech pipeline not started: {exc}"))
-        if self.config.recording.enabled and self.recordings_dir is not None:
-            name = re.sub(r"[^A-Za-z0-9._-]", "_", call.call_id)
-            path = self.recordings_dir / f"{name}.{self.config.recording.format}"
-            try:
-                call.recorder = CallRecorder(path, 16000, self.config.recording.format)
-                call.recording = path
-            except (OSError, ValueError) as exc:
-                log.error("call %s: not recording: %s", call.call_id, exc)
-                self._publish(CallFault(call.call_id, f"recording not started: {exc}"))
+
+    def _open_recorder(self, call: Call) -> str | None:
+        """Start the call's recording; returns the problem if it could not be started."""
+        if not self.config.recording.enabled or self.recordings_dir is None:
+            return None
+        fmt = self.config.recording.format
+        path = self.recordings_dir / recording_name(call.call_id, fmt)
+        try:
+            call.recorder = CallRecorder(path, 16000, fmt)
+            call.recording = path
+        except (OSError, ValueError) as exc:
+            log.error("call %s: not recording: %s", call.call_id, exc)
+            return f"recording not started: {exc}"
+        return None
 
     def _start_leg(self, call: Call, leg: LegTap) -> asyncio.Task:
         """Set the leg's tap up in a task; on success start its media pump and stall watch."""
@@ -434,6 +473,85 @@ class AriApp:
             self.calls.pop(call.call_id, None)
             call.ended.set()
 
+    # -- calls of the previous run ---------------------------------------------------------------
+    def _resume_call(self, interrupted: InterruptedCall, customer: Channel,
+                     channels: dict[str, Channel], bridges: dict[str, Bridge]) -> None:
+        """Tap a call the previous run was tapping again, on its original timeline."""
+        loop = asyncio.get_running_loop()
+        elapsed = max(0.0, time.time() - interrupted.started_at)
+        call = Call(call_id=interrupted.call_id, customer_id=customer.id,
+                    caller=interrupted.caller or customer.caller.number, started=loop.time() - elapsed,
+                    started_at=interrupted.started_at, utterance_base=interrupted.next_utterance)
+        self.calls[call.call_id] = call
+        self.resumed.add(call.call_id)
+        leg = self.tapper.new_leg("customer", customer.id)
+        call.legs["customer"] = leg          # reserved at once: the sweep must not take it
+        log.warning("call %s: still up after callassist restarted (%.1f s into the call); "
+                    "tapping it again", call.call_id, elapsed)
+        # recorder and pipeline first, so that no leg's first frame can come before them
+        heard_until, recording_note = self._continue_recording(call, interrupted)
+        if heard_until is None and interrupted.last_event_at is not None:
+            heard_until = max(0.0, interrupted.last_event_at - interrupted.started_at)
+        self._open_pipeline(call)
+        self._spawn_for(call, self._reopen_call(call, leg, customer.in_stasis_app(self.app_name),
+                                                heard_until, recording_note))
+        if (agent := self._find_agent(call, channels, bridges)) is not None:
+            self._agent_answered(call, agent)
+
+    async def _reopen_call(self, call: Call, leg: LegTap, in_stasis: bool, heard_until: float | None,
+                           recording_note: str) -> None:
+        loop = asyncio.get_running_loop()
+        tap = self._start_leg(call, leg)
+        resumed_at = call.elapsed(loop.time())
+        since = f"from {heard_until:.1f} s " if heard_until is not None else ""
+        self._publish(CallFault(call.call_id, f"callassist restarted during the call: not heard "
+                                f"{since}to {resumed_at:.1f} s of the call; tapped again"
+                                f"{recording_note}"))
+        try:
+            await self.ari.subscribe(f"channel:{call.customer_id}")
+        except AriError as exc:
+            log.warning("call %s: subscription failed: %s", call.call_id, exc)
+        if in_stasis:                        # the crash came before we let the call go on
+            await asyncio.wait({tap}, timeout=CONTINUE_DEADLINE)
+            if not call.closing:
+                await self._continue(call.customer_id)
+
+    def _continue_recording(self, call: Call, interrupted: InterruptedCall) -> tuple[float | None, str]:
+        """Reopen the call's recording to write on (silence fills the gap). Returns the
+        seconds it already held (None if unknown) and a note for the call's fault."""
+        if not self.config.recording.enabled or self.recordings_dir is None:
+            return None, ""
+        path = interrupted.recording
+        if path is None:
+            for fmt in ("wav", "flac"):
+                candidate = self.recordings_dir / recording_name(call.call_id, fmt)
+                if candidate.exists() or partial_path(candidate).exists():
+                    path = candidate
+                    break
+        if path is not None:
+            fmt = "flac" if path.suffix.lower() == ".flac" else "wav"
+            try:
+                call.recorder = CallRecorder.resume(path, 16000, fmt)
+                call.recording = path
+                return call.recorder.duration, ""
+            except (OSError, ValueError) as exc:
+                log.error("call %s: cannot continue recording %s: %s", call.call_id, path, exc)
+                problem = f"; recording {path.name} could not be continued ({exc})"
+        else:
+            problem = "; its recording was not found"
+        fmt = self.config.recording.format
+        for part in range(2, 100):
+            target = self.recordings_dir / recording_name(f"{call.call_id}.part{part}", fmt)
+            if not target.exists() and not partial_path(target).exists():
+                break
+        try:
+            call.recorder = CallRecorder(target, 16000, fmt)
+            call.recording = target
+        except (OSError, ValueError) as exc:
+            log.error("call %s: not recording: %s", call.call_id, exc)
+            return None, f"{problem}; not recording: {exc}"
+        return None, f"{problem}; the rest is recorded in {target.name}"
+
     # -- resynchronisation and sweep -------------------------------------------------------------
     async def resync(self, reason: str = "manual") -> ResyncReport:
         """Bring what we track in line with what Asterisk has; delete our orphans."""
@@ -459,10 +577,19 @@ class AriApp:
                 if channel_id is None or (leg is not None and (not leg.ready or
                                                                Tapper.intact(leg, channels, bridges))):
                     continue
-                log.warning("call %s: %s tap %s; tapping again", call.call_id, speaker,
-                            "missing" if leg is None else "broken")
+                state = "missing" if leg is None else "broken"
+                log.warning("call %s: %s tap %s; tapping again", call.call_id, speaker, state)
+                self._publish(CallFault(call.call_id, f"{speaker} tap {state} ({reason} resync) at "
+                                        f"{call.elapsed(asyncio.get_running_loop().time()):.1f} s "
+                                        f"of the call: tapped again"))
                 report.retapped += 1
                 self._retap(call, speaker, channel_id)
+        for interrupted in list(self._resumable.values()):
+            channel = channels.get(interrupted.call_id)
+            if channel is not None and interrupted.call_id not in self.calls and not self._stopping:
+                report.resumed += 1
+                self._resume_call(interrupted, channel, channels, bridges)
+        self._resumable.clear()    # the rest ended while we were down: the store closes them
         for channel in channels.values():
             if (not self.ids.is_ours(channel.id) and channel.in_stasis_app(self.app_name)
                     and channel.id not in self.calls and not self._stopping):
@@ -482,13 +609,14 @@ class AriApp:
         report.swept_channels, report.swept_bridges = len(stale_channels), len(stale_bridges)
         self.last_resync = report
         busy = report.closed or report.retapped or report.agents_found or report.adopted or \
-            report.swept_channels or report.swept_bridges
+            report.resumed or report.swept_channels or report.swept_bridges
         (log.info if busy or reason != "periodic" else log.debug)(
             "resync (%s): %d channel(s), %d bridge(s) in Asterisk; %d call(s) tracked; closed %d, "
-            "re-tapped %d leg(s), found %d agent(s), took on %d waiting call(s); swept %d channel(s) "
-            "and %d bridge(s) of ours", reason, report.channels, report.bridges, len(self.calls),
-            report.closed, report.retapped, report.agents_found, report.adopted,
-            report.swept_channels, report.swept_bridges)
+            "re-tapped %d leg(s), found %d agent(s), took on %d waiting call(s), resumed %d call(s) "
+            "of the previous run; swept %d channel(s) and %d bridge(s) of ours", reason,
+            report.channels, report.bridges, len(self.calls), report.closed, report.retapped,
+            report.agents_found, report.adopted, report.resumed, report.swept_channels,
+            report.swept_bridges)
         return report
 
     def _find_agent(self, call: Call, channels: dict[str, Channel],

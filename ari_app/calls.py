@@ -18,6 +18,7 @@ externalMedia channel and the bridge: those we always delete (404 is fine).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from ari_app.models import Bridge, Channel, OwnIds
 from ari_app.ports import PortPool
 from ari_app.recorder import CallRecorder
 from ari_app.rtp import RtpStream
-from callassist.events import CallEvent, CallFault, Speaker
+from callassist.events import CallEvent, CallFault, CardFired, Speaker, TranscriptUpdate
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,36 @@ class LegTap:
         return (self.snoop_id, self.em_id, self.bridge_id)
 
 
+@dataclass(frozen=True)
+class InterruptedCall:
+    """A call the previous run was tapping when it stopped (crash, kill), as the store
+    has it: if Asterisk still has its customer, the call is tapped again."""
+    call_id: str                     # = the customer channel's id
+    started_at: float                # wall clock: t=0 of the call
+    caller: str = ""
+    recording: Path | None = None    # the recording it was writing, if its path was stored
+    last_event_at: float | None = None
+    next_utterance: int = 0          # utterance numbers up to this one are taken
+
+
+class UtteranceShift:
+    """Publishes a resumed call's pipeline events with utterance numbers moved past the
+    previous run's: the store keys transcript lines by (call, speaker, utterance), so a
+    new pipeline counting from 0 again would overwrite the lines from before the crash."""
+
+    def __init__(self, publish: Callable[[CallEvent], None], base: int) -> None:
+        self.publish = publish
+        self.base = base
+
+    def __call__(self, event: CallEvent) -> None:
+        if isinstance(event, TranscriptUpdate):
+            event = dataclasses.replace(event, utterance=event.utterance + self.base)
+        elif isinstance(event, CardFired):
+            event = dataclasses.replace(event, card=dataclasses.replace(
+                event.card, utterance=event.card.utterance + self.base))
+        self.publish(event)
+
+
 @dataclass
 class Call:
     call_id: str
@@ -90,6 +121,7 @@ class Call:
     caller: str
     started: float                   # loop time of the customer's StasisStart: t=0 of the call
     started_at: float = field(default_factory=time.time)
+    utterance_base: int = 0          # > 0: resumed after a restart (see UtteranceShift)
     pipeline: PipelineLike | None = None
     recorder: CallRecorder | None = None
     recording: Path | None = None

@@ -9,12 +9,14 @@ so `import asr` is cheap.
 """
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
-from asr.models import find_model, find_test_vosk_model
+from asr.models import ENV_VARS, find_model, find_test_vosk_model, vosk_model_problems
 
 if TYPE_CHECKING:
     from asr.vosk_engine import VoskEngine, VoskStream
@@ -23,8 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "EndOfSpeech", "FinalTranscript", "InterimTranscript", "ModelNotFoundError", "RecognizerStream",
     "SpeechEngine", "SpeechEvent", "VoskEngine", "VoskStream", "WhisperEngine", "WhisperStream", "Word",
-    "create_engine", "find_model", "find_test_vosk_model",
+    "choose_engine", "create_engine", "find_model", "find_test_vosk_model",
 ]
+
+log = logging.getLogger("asr")
+
+ENGINE_FALLBACK_NOTE = ("no Vosk Chinese model found; live calls use Whisper ([asr] engine = \"auto\"; "
+                        "`callassist models install` adds the Vosk model, engine = \"vosk\" requires it)")
 
 _LAZY = {"VoskEngine": "asr.vosk_engine", "VoskStream": "asr.vosk_engine",
          "WhisperEngine": "asr.whisper_engine", "WhisperStream": "asr.whisper_engine"}
@@ -38,7 +45,7 @@ def __getattr__(name: str) -> Any:
 
 
 def create_engine(config: Any, name: str | None = None, model: str | Path | None = None) -> SpeechEngine:
-    """The engine named `name` (default: [asr] engine), loading `model` (a directory;
+    """The engine named `name` (default: [asr] engine; "auto" is decided by choose_engine), loading `model` (a directory;
     default: found by asr.models.find_model from the configuration).
 
     `config` is a callassist Config or its AsrConfig section. Raises ModelNotFoundError
@@ -47,6 +54,10 @@ def create_engine(config: Any, name: str | None = None, model: str | Path | None
     """
     asr_config = getattr(config, "asr", config)
     name = name or asr_config.engine
+    if name == "auto":
+        name, why = choose_engine(asr_config, model)
+        if why:
+            log.warning(why)
     threads = asr_config.decode_threads
     given_by = "--model" if model else ""   # name the user's own choice in errors
     if name == "vosk":
@@ -64,3 +75,22 @@ def create_engine(config: Any, name: str | None = None, model: str | Path | None
                              compute_type=asr_config.whisper_compute_type, decode_threads=threads,
                              biasing_terms=terms)
     raise ValueError(f"unknown speech engine {name!r} (expected 'vosk' or 'whisper')")
+
+
+def choose_engine(config: Any, model: str | Path | None = None,
+                  env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """What [asr] engine = "auto" means here: ("vosk", "") when a Vosk Chinese model is
+    configured or found, else ("whisper", the reason to log). The one place the live
+    engine falls back, for `serve`, `demo` and `config check` alike. A configured Vosk
+    path is never fallen back from: create_engine then reports what is wrong with it."""
+    asr_config = getattr(config, "asr", config)
+    env = os.environ if env is None else env
+    if model:
+        return ("vosk", "") if not vosk_model_problems(Path(model)) else ("whisper", "")
+    if asr_config.vosk_model or env.get(ENV_VARS["vosk"]):
+        return "vosk", ""
+    try:
+        find_model("vosk", env=env)
+    except ModelNotFoundError:
+        return "whisper", ENGINE_FALLBACK_NOTE
+    return "vosk", ""

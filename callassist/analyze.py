@@ -36,7 +36,70 @@ from prompts.playbook import SEVERITY_LABELS
 
 CHUNK_SECONDS = 0.1
 UNTIMED_SECONDS = 4.0      # synthetic length of one utterance of an untimed transcript
+# Below this nothing can be recognised (Vosk and the Whisper VAD both need a few hundred ms of
+# speech), so a shorter file is an error rather than an empty, successful analysis.
+MIN_AUDIO_SECONDS = 0.5
 SPEAKER_LABELS = {"customer": "客户", "agent": "坐席"}
+# RIFF data sizes that mean "unknown" (streaming writers), not a length to check against.
+UNKNOWN_RIFF_SIZES = (0, 0xFFFFFFFF)
+
+
+class InputError(ValueError):
+    """The input path is unusable as given (a directory, a too-short recording)."""
+
+
+@dataclass(frozen=True)
+class WavTruncation:
+    """A WAV whose data chunk is shorter on disk than its header declares."""
+    declared_seconds: float
+    present_seconds: float
+
+    def describe(self) -> str:
+        return (f"truncated: the header announces {self.declared_seconds:.2f} s of audio, "
+                f"the file holds {self.present_seconds:.2f} s")
+
+
+def wav_truncation(path: Path) -> WavTruncation | None:
+    """How much of a RIFF/WAVE file's declared audio is missing; None for a complete file,
+    a non-WAV file or one whose header does not state a size. libsndfile reads a cut-off
+    WAV without complaint, so this is the only place the loss becomes visible."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = 0
+            while chunk := fh.read(8):
+                if len(chunk) < 8:
+                    return None
+                chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if chunk_id == b"fmt ":
+                    fmt = fh.read(size + (size & 1))
+                    byte_rate = int.from_bytes(fmt[8:12], "little") if len(fmt) >= 12 else 0
+                elif chunk_id == b"data":
+                    present = path.stat().st_size - fh.tell()
+                    if size in UNKNOWN_RIFF_SIZES or present >= size or not byte_rate:
+                        return None
+                    return WavTruncation(size / byte_rate, max(present, 0) / byte_rate)
+                else:
+                    fh.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None          # read_recording reports unreadable files
+    return None
+
+
+def check_input_path(path: Path) -> None:
+    """Refuse a directory with a hint; analyze reads one file."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; analyze reads one recording or transcript "
+                         f"(for each file: for f in {path}/*.wav; do callassist analyze \"$f\"; done)")
+
+
+def check_recording_length(path: Path, recording: Recording, truncation: WavTruncation | None) -> None:
+    if recording.duration < MIN_AUDIO_SECONDS:
+        what = f"{truncation.describe()}, " if truncation else ""
+        raise InputError(f"{path}: {what}only {recording.duration:.2f} s of audio; "
+                         f"at least {MIN_AUDIO_SECONDS} s is needed to recognise speech")
 
 
 @dataclass
@@ -246,23 +309,30 @@ def run(args) -> int:
     from prompts.matcher import Matcher
     from prompts.playbook import PlaybookError, load_playbook
 
-    transcript = recording = engine = None
+    transcript = recording = engine = truncation = None
     try:
         config = load_config(args.config)
         if args.output:
             _check_writable(Path(args.output))   # before minutes of decoding, not after
+        check_input_path(Path(args.file))
         if transcript_kind(args.file):
             transcript = read_transcript(args.file)   # no recognition: --engine/--model/--channels unused
         else:
             recording = read_recording(args.file)
+            truncation = wav_truncation(Path(args.file))
+            check_recording_length(Path(args.file), recording, truncation)
         playbook = load_playbook()
         if recording is not None:
             # A finished recording gets the accurate post-call engine unless told otherwise.
             name = args.engine or config.asr.post_call_engine or config.asr.engine
             engine = create_engine(config, name=name, model=args.model)
-    except (ConfigError, AudioError, TranscriptError, PlaybookError, ModelNotFoundError, OutputError) as exc:
+    except (ConfigError, AudioError, TranscriptError, PlaybookError, ModelNotFoundError, OutputError,
+            InputError) as exc:
         print(f"callassist analyze: {exc}", file=sys.stderr)
         return 2
+    if truncation:     # the audio that exists is still worth analysing: warn, do not refuse
+        print(f"callassist analyze: warning: {args.file}: {truncation.describe()}; "
+              f"analysing those {recording.duration:.2f} s", file=sys.stderr)
     settings = dataclasses.replace(config.matcher, pinyin=config.matcher.pinyin and not args.no_pinyin)
     try:
         matcher = Matcher.from_config(playbook, settings)

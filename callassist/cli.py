@@ -19,6 +19,14 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("user", "add"): ("agent_ui.users_cli", "add"),
     ("user", "list"): ("agent_ui.users_cli", "list_users"),
     ("user", "remove"): ("agent_ui.users_cli", "remove"),
+    ("user", "passwd"): ("agent_ui.users_cli", "passwd"),
+    ("user", "role"): ("agent_ui.users_cli", "role"),
+    ("user", "endpoints"): ("agent_ui.users_cli", "endpoints"),
+    ("user", "disable"): ("agent_ui.users_cli", "disable"),
+    ("user", "enable"): ("agent_ui.users_cli", "enable"),
+    ("user", "sessions"): ("agent_ui.users_cli", "sessions"),
+    ("user", "logout"): ("agent_ui.users_cli", "logout"),
+    ("user", "audit"): ("agent_ui.users_cli", "audit"),
     ("archive", "import"): ("agent_ui.archive_cli", "import_files"),
 }
 
@@ -64,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noisy", type=int, default=0, metavar="N",
                           help="also score N ASR-noised copies of every line")
     evaluate.add_argument("--details", action="store_true", help="list every miss and false trigger")
-    sub.add_parser("serve", help="run the ARI application and the web app")
+    serve = sub.add_parser("serve", help="run the ARI application and the web app")
     demo = sub.add_parser("demo", help="run the web app and play a sample complaint call through it")
     demo.add_argument("--once", action="store_true", help="play the demo call once (default: replay it)")
+    for command in (serve, demo):
+        command.add_argument("--port", type=int, help="web port (default: [web] port, $CALLASSIST_WEB_PORT)")
 
     user = sub.add_parser("user", help="web users").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user (asks for the password, or reads $CALLASSIST_PASSWORD)")
@@ -77,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_parser("list", help="list users")
     remove = user.add_parser("remove", help="remove a user")
     remove.add_argument("username")
+    passwd = user.add_parser("passwd", help="change a user's password (ends their sessions)")
+    passwd.add_argument("username")
+    role = user.add_parser("role", help="change a user's role (ends their sessions)")
+    role.add_argument("username")
+    role.add_argument("role", choices=["agent", "supervisor", "qa", "admin"])
+    endpoints = user.add_parser("endpoints", help="replace an agent's endpoints (none: clear them)")
+    endpoints.add_argument("username")
+    endpoints.add_argument("endpoints", nargs="*", metavar="ENDPOINT", help="e.g. PJSIP/1001")
+    for name, text in (("disable", "disable a user: refuse logins, end their sessions"),
+                       ("enable", "enable a disabled user again"),
+                       ("sessions", "list a user's live sessions"),
+                       ("logout", "log a user out everywhere")):
+        user.add_parser(name, help=text).add_argument("username")
+    audit = user.add_parser("audit", help="the audit log: logins and user changes, oldest first")
+    audit.add_argument("--user", help="only what this user did or had done to them")
+    audit.add_argument("--limit", type=int, default=200, help="the latest N entries (default 200)")
 
     archive = sub.add_parser("archive", help="the recording archive").add_subparsers(dest="action", required=True)
     imp = archive.add_parser("import", help="analyse recordings and add them to the archive")
@@ -91,10 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = (args.command,) + ((args.action,) if getattr(args, "action", None) else ())
     module_name, function = COMMANDS[path]
+    if args.command == "user":
+        _announce_data_dir(args)
     try:
         return int(getattr(importlib.import_module(module_name), function)(args) or 0)
     except KeyboardInterrupt:
         return 130
+
+
+def _announce_data_dir(args: argparse.Namespace) -> None:
+    """The user commands say which database they act on (on stderr: stdout stays the
+    command's output): serve's, not the demo's, which has its own demo logins."""
+    from callassist.config import DATA_DIR_SETTING, ConfigError, load_config
+    try:
+        data_dir = load_config(args.config).data_dir
+    except ConfigError:
+        return          # the command itself reports what is wrong with the configuration
+    print(f"callassist: data directory {data_dir} ({DATA_DIR_SETTING}); its users log in to "
+          f"`callassist serve` (`callassist demo` has its own demo users in {data_dir / 'demo'})",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

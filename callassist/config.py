@@ -7,15 +7,37 @@ say what type and range each key has. Every problem is reported as
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Mapping, get_type_hints
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FILE = PROJECT_ROOT / "config" / "callassist.toml"
+# The documented defaults live in the repository as config/callassist.toml; the package
+# carries a byte-identical copy (tests/test_install.py keeps them equal), so an installed
+# callassist (not only an editable one) has its defaults.
+DOCUMENTED_FILE = PROJECT_ROOT / "config" / "callassist.toml"
+DEFAULT_FILE = Path(__file__).resolve().parent / "defaults.toml"
 ENV_PREFIX = "CALLASSIST_"
+DATA_DIR_ENV = ENV_PREFIX + "STORAGE_DATA_DIR"
+DATA_DIR_SETTING = f"[storage] data_dir or ${DATA_DIR_ENV}"
+# CALLASSIST_* variables that are not configuration keys but are read elsewhere; any other
+# CALLASSIST_* name is most likely a typo of a key and is reported (see unknown_env_vars).
+OTHER_ENV_VARS = {
+    "CALLASSIST_CONFIG": "the configuration file",
+    "CALLASSIST_VOSK_MODEL": "Vosk model directory (asr.models)",
+    "CALLASSIST_WHISPER_MODEL": "Whisper model directory (asr.models)",
+    "CALLASSIST_VOSK_MODELS_URL": "where `models install` downloads from (asr.install)",
+    "CALLASSIST_CACHE": "cache of assembled models (asr.models)",
+    "CALLASSIST_TTS_MODEL": "the test voice (callassist.testcalls)",
+    "CALLASSIST_PASSWORD": "password for `user add` (agent_ui.users_cli)",
+    "CALLASSIST_SCREENSHOTS_DIR": "where the browser tests save screenshots",
+    "CALLASSIST_REQUIRE_ASTERISK": "the telephony tests fail instead of skipping (tests/asterisk_fixture.py)",
+    "CALLASSIST_SHARED_ASTERISK": "the Asterisk tarball the tests start (tests/asterisk_fixture.py)",
+}
+TEST_ENV_PREFIX = "CALLASSIST_TEST_"     # the test suite's own settings (tests/)
 
 
 class ConfigError(ValueError):
@@ -48,7 +70,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class AsrConfig:
-    engine: str = _checked(_one_of("vosk", "whisper"))
+    engine: str = _checked(_one_of("auto", "vosk", "whisper"))
     vosk_model: str
     whisper_model: str
     whisper_compute_type: str = _checked(_one_of("int8", "int8_float32", "float32"))
@@ -107,6 +129,10 @@ class WebConfig:
     tls_key: str
     login_attempts_per_minute: int = _checked(_between(1, 1000))
     adherence_window: float = _checked(_between(1, 600))
+    idle_timeout: float = _checked(_between(0.1, 3600))
+    request_timeout: float = _checked(_between(0.1, 3600))
+    websocket_heartbeat: float = _checked(_between(0.1, 300))
+    websockets_per_user: int = _checked(_between(1, 1000))
 
 
 @dataclass(frozen=True)
@@ -120,14 +146,18 @@ class Config:
     cue: CueConfig
     web: WebConfig
     source: str = "defaults"
+    # Not errors for every command (other tools' CALLASSIST_* variables may be about), but
+    # `config check` fails on them and serve/demo log them.
+    warnings: tuple[str, ...] = ()
 
     @property
     def data_dir(self) -> Path:
+        """Absolute: load_config resolves [storage] data_dir once (see resolve_data_dir)."""
         return Path(self.storage.data_dir)
 
 
 SECTIONS: dict[str, type] = {f.name: get_type_hints(Config)[f.name]
-                             for f in fields(Config) if f.name != "source"}
+                             for f in fields(Config) if f.name not in ("source", "warnings")}
 
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -141,6 +171,46 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
     except OSError as exc:
         problems.append(f"{path}: cannot read: {exc.strerror}")
     return {}
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """Where data lives when [storage] data_dir is empty: the per-user data directory
+    ($XDG_DATA_HOME/callassist, else ~/.local/share/callassist), the same from any
+    working directory."""
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "callassist"
+
+
+def resolve_data_dir(value: str, origin: str, env: Mapping[str, str]) -> Path:
+    """[storage] data_dir as an absolute path: empty is default_data_dir; a relative path
+    is relative to the file that set it, or to the working directory when it came from
+    the environment (`origin` "$NAME")."""
+    if not value:
+        return default_data_dir(env)
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        base = Path.cwd() if origin.startswith("$") else Path(origin).resolve().parent
+        path = base / path
+    return Path(os.path.normpath(path))
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """A problem line for each CALLASSIST_* variable nobody reads, with the closest known
+    name (a typo such as CALLASSIST_WEB_PROT otherwise changes nothing, silently)."""
+    known = {f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+             for section, cls in SECTIONS.items() for f in fields(cls)} | set(OTHER_ENV_VARS)
+    problems = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(TEST_ENV_PREFIX):
+            # compare what follows the common prefix, or every name looks alike; a key
+            # without its section (CALLASSIST_DATA_DIR) is matched by its ending
+            tail, tails = name.removeprefix(ENV_PREFIX), sorted(k.removeprefix(ENV_PREFIX) for k in known)
+            close = [t for t in tails if t.endswith("_" + tail)][:1] or \
+                difflib.get_close_matches(tail, tails, n=1, cutoff=0.7)
+            hint = f"; did you mean ${ENV_PREFIX}{close[0]}?" if close else \
+                f" (settings are {ENV_PREFIX}<SECTION>_<KEY>, e.g. {ENV_PREFIX}WEB_PORT)"
+            problems.append(f"${name}: unknown setting, ignored{hint}")
+    return problems
 
 
 def _coerce(raw: Any, kind: type, from_env: bool) -> Any:
@@ -230,6 +300,10 @@ def load_config(path: str | os.PathLike | None = None,
         problems.append(f"{merged['ari']['url'][1]}: [ari] url: must start with http:// or https://")
     if "web" in built and bool(built["web"].tls_cert) != bool(built["web"].tls_key):
         problems.append(f"{merged['web']['tls_cert'][1]}: [web] tls_cert/tls_key: set both or neither")
+    if "storage" in built:
+        raw, origin = merged["storage"]["data_dir"]
+        built["storage"] = dataclasses.replace(
+            built["storage"], data_dir=str(resolve_data_dir(built["storage"].data_dir, origin, env)))
     if problems:
         raise ConfigError(problems)
-    return Config(**built, source=str(user_file or "defaults"))
+    return Config(**built, source=str(user_file or "defaults"), warnings=tuple(unknown_env_vars(env)))

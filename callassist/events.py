@@ -57,6 +57,8 @@ class CallStarted:
     caller: str = ""                 # caller id number, when known
     source: str = "ari"              # ari | demo | import
     at: float = field(default_factory=_now)
+    # where the recording is being written, so a crash cannot lose the call's link to it
+    recording: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import secrets
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from callassist.bus import EventBus
-from callassist.config import Config, ConfigError, load_config
+from callassist.config import DATA_DIR_SETTING, Config, ConfigError, load_config
 
 log = logging.getLogger("callassist")
 
@@ -28,6 +29,18 @@ DEMO_USERS = (("agent1", "agent", "坐席 1001", ("PJSIP/1001",)),
               ("supervisor", "supervisor", "值班主管", ()),
               ("qa", "qa", "质检员", ()),
               ("admin", "admin", "管理员", ()))
+
+
+class WebPortError(RuntimeError):
+    """The web app cannot listen on its port; the message says how to choose another."""
+
+
+def _port_problem(config: Config, exc: OSError) -> str:
+    where = f"{config.web.host}:{config.web.port}"
+    why = ("is already in use" if exc.errno == errno.EADDRINUSE
+           else f"cannot be opened ({exc.strerror or exc})")
+    return (f"the web app's address {where} {why}; choose another port with --port N, "
+            f"$CALLASSIST_WEB_PORT or [web] port in the configuration file")
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -38,19 +51,15 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def _live_engine(config: Config, *, demo: bool):
-    """The configured live engine; the demo falls back to Whisper when no Vosk Chinese
-    model is installed (none ships on PyPI)."""
+def _live_engine(config: Config):
+    """The configured live engine, for serve and demo alike: [asr] engine = "auto" falls
+    back to Whisper when no Vosk Chinese model is installed (asr.choose_engine decides)."""
     from asr import create_engine
     from asr.engine import ModelNotFoundError
     try:
         return create_engine(config)
-    except ModelNotFoundError:
-        if not demo or config.asr.engine == "whisper":
-            raise
-        log.warning("no Vosk Chinese model found; the demo uses Whisper "
-                    "(`callassist models install` gets the Vosk model)")
-        return create_engine(config, name="whisper")
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"[asr] engine = {config.asr.engine!r}: {exc}") from None
 
 
 def _demo_logins(store, data_dir: Path) -> list[tuple[str, str, str]]:
@@ -62,8 +71,8 @@ def _demo_logins(store, data_dir: Path) -> list[tuple[str, str, str]]:
     logins = []
     for username, role, name, endpoints in DEMO_USERS:
         password = secrets.token_urlsafe(9)
-        if store.get_user(username) is None:
-            store.add_user(username, role, hash_password(password), name, endpoints)
+        if store.accounts.get_user(username) is None:
+            store.accounts.add_user(username, role, hash_password(password), name, endpoints)
             logins.append((username, role, password))
     logins_file.write_text("".join("\t".join(row) + "\n" for row in logins))
     logins_file.chmod(0o600)
@@ -72,28 +81,45 @@ def _demo_logins(store, data_dir: Path) -> list[tuple[str, str, str]]:
 
 async def run_services(config: Config, *, demo: bool, once: bool = False) -> None:
     from agent_ui.app import create_app
+    from agent_ui.limits import make_runner
     from agent_ui.store import open_store
+    from callassist.recovery import StartupRecovery
     from prompts.matcher import Matcher
     from prompts.playbook import load_playbook
 
+    # First: a stop asked for during the seconds of start-up (model loading) is then a clean
+    # one once start-up is done, not the default death by signal.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     # Absolute, so recording paths stored in the archive stay valid from any directory.
     data_dir = config.data_dir.resolve() / ("demo" if demo else "")
     config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, data_dir=str(data_dir)))
     store = open_store(config)
-    interrupted = store.close_interrupted_calls()
-    if interrupted:
-        log.warning("%d call(s) were live when callassist last stopped; closed them out", interrupted)
-    _recover_recordings(store.recordings_dir)
+    print(f"callassist: data directory {data_dir} ({DATA_DIR_SETTING})", flush=True)
+    # what the last run left: with Asterisk, its calls still up are tapped again
+    recovery = StartupRecovery(store)
+    resumable = recovery.resumable() if config.ari.url and not demo else []
+    if not resumable:
+        await asyncio.to_thread(recovery.close_out)
     bus = EventBus()
     playbook = load_playbook()
     matcher = Matcher.from_config(playbook, config.matcher)
-    engine = _live_engine(config, demo=demo)
+    engine = _live_engine(config)
     recordings_dir = store.recordings_dir
 
-    runner = web.AppRunner(create_app(config, store, bus, playbook), access_log=None)
+    runner = make_runner(create_app(config, store, bus, playbook), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.web.host, config.web.port, ssl_context=_ssl_context(config))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        engine.close()
+        store.close()
+        raise WebPortError(_port_problem(config, exc)) from None
     scheme = "https" if config.web.tls_cert else "http"
     print(f"callassist: web app on {scheme}://{config.web.host}:{config.web.port}/", flush=True)
 
@@ -107,6 +133,9 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     ari = None
     if demo:
         from callassist.demo import run_demo_calls
+        print(f"callassist: the demo logins below are demo users in the demo's own database "
+              f"({data_dir}); real users are added with `callassist user add` and log in to "
+              f"`callassist serve` (data in {data_dir.parent})", flush=True)
         for username, role, password in _demo_logins(store, config.data_dir):
             print(f"  demo login ({role}): {username} / {password}", flush=True)
         tasks.append(asyncio.create_task(run_demo_calls(
@@ -114,8 +143,10 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
             recording_format=config.recording.format), name="demo"))
     elif config.ari.url:
         from ari_app.app import AriApp
-        ari = AriApp.from_config(config, bus, engine, matcher, recordings_dir)
+        ari = AriApp.from_config(config, bus, engine, matcher, recordings_dir, resumable=resumable)
         await ari.start()
+        if resumable:
+            tasks.append(asyncio.create_task(recovery.close_out_after_resume(ari), name="crash-recovery"))
         print(f"callassist: ARI application '{config.ari.app}' on {config.ari.url}", flush=True)
     else:
         print("callassist: no Asterisk configured ([ari] url); run `callassist demo` for a demo call",
@@ -123,11 +154,6 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
 
     for task in tasks:
         task.add_done_callback(_report_failure)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -139,18 +165,6 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
         await runner.cleanup()
         engine.close()
         store.close()
-
-
-def _recover_recordings(recordings_dir: Path) -> None:
-    """Finish FLAC recordings a crash left as <name>.partial.wav (WAV files need nothing)."""
-    from ari_app.recorder import PARTIAL_SUFFIX, recover_partial
-    for live in recordings_dir.glob("*" + PARTIAL_SUFFIX):
-        target = live.with_name(live.name.removesuffix(PARTIAL_SUFFIX))
-        try:
-            if recover_partial(target):
-                log.warning("recovered the recording of an interrupted call: %s", target)
-        except (OSError, RuntimeError) as exc:
-            log.error("could not recover %s: %s", live, exc)
 
 
 def _report_failure(task: asyncio.Task) -> None:
@@ -175,8 +189,12 @@ def _main(args, *, demo: bool) -> int:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)   # one line per segment otherwise
     try:
         config = load_config(args.config)
+        if getattr(args, "port", None) is not None:
+            config = dataclasses.replace(config, web=dataclasses.replace(config.web, port=args.port))
+        for warning in config.warnings:
+            log.warning("%s", warning)
         asyncio.run(run_services(config, demo=demo, once=getattr(args, "once", False)))
-    except (ConfigError, ModelNotFoundError, OSError) as exc:
+    except (ConfigError, ModelNotFoundError, OSError, WebPortError) as exc:
         print(f"callassist: {exc}", file=sys.stderr)
         return 2
     return 0

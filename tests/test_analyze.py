@@ -311,3 +311,49 @@ def test_missing_model_dir(audio_dir):
 def test_unwritable_output(audio_dir, tmp_path):
     proc = analyze(audio_dir / "call.wav", "--engine", "whisper", "-o", tmp_path / "no" / "such" / "dir.json")
     check_clean_failure(proc, "dir.json")
+
+
+# --- cut-off, too short, a directory (issue 9, finding 6) ------------------------------
+
+def test_directory_is_named_as_such_with_a_hint(tmp_path):
+    check_clean_failure(analyze(tmp_path), str(tmp_path), "is a directory", "for f in")
+
+
+def test_too_short_recording_is_an_error(tmp_path):
+    short = tmp_path / "blip.wav"
+    sf.write(str(short), np.full(1600, 1000, np.int16), 16000, subtype="PCM_16")   # 0.1 s
+    check_clean_failure(analyze(short), "blip.wav", "only 0.10 s of audio", "at least 0.5 s")
+    # control: the check passes half a second (the CLI then goes on to load a model)
+    from callassist.analyze import check_recording_length
+    from callassist.audio import read_recording
+    enough = tmp_path / "enough.wav"
+    sf.write(str(enough), np.full(8000, 1000, np.int16), 16000, subtype="PCM_16")
+    check_recording_length(enough, read_recording(enough), None)
+
+
+def _cut(source: Path, target: Path, keep_bytes: int) -> None:
+    target.write_bytes(source.read_bytes()[:keep_bytes])
+
+
+def test_wav_cut_to_a_fraction_of_a_second_says_truncated_and_too_short(tmp_path):
+    full = tmp_path / "full.wav"
+    sf.write(str(full), np.full(34500, 1000, np.int16), 16000, subtype="PCM_16")   # 69 kB of audio
+    cut = tmp_path / "cut.wav"
+    _cut(full, cut, 3000)
+    check_clean_failure(analyze(cut), "cut.wav", "truncated", "2.16 s", "0.09 s", "at least 0.5 s")
+
+
+def test_truncated_wav_is_analysed_as_far_as_it_goes_with_a_warning(audio_dir, small_call, tmp_path):
+    from callassist.analyze import wav_truncation
+    full = audio_dir / "call.wav"
+    assert wav_truncation(full) is None            # control: a complete file is not flagged
+    cut = tmp_path / "cut.wav"
+    _cut(full, cut, 44 + int(full.stat().st_size * 0.6) // 4 * 4)
+    proc = analyze(cut, "--engine", "whisper")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "truncated" in line]
+    assert len(warning) == 1 and warning[0].startswith("callassist analyze: warning: "), proc.stderr
+    assert f"{small_call.duration:.2f} s" in warning[0]
+    doc = json.loads(proc.stdout)
+    assert 0.5 * small_call.duration < doc["duration"] < 0.7 * small_call.duration
+    assert doc["utterances"], "the audio that is there is transcribed"

@@ -275,7 +275,7 @@ def test_vtt_from_elsewhere(tmp_path):
 
 
 def test_vtt_text_that_looks_like_markup_round_trips(tmp_path, matcher):
-    tsv = write(tmp_path / "call.tsv", f"customer\t0\t2\t价格 <10元> & 工信部\nagent\t2\t4\ta --> b\n")
+    tsv = write(tmp_path / "call.tsv", "customer\t0\t2\t价格 <10元> & 工信部\nagent\t2\t4\ta --> b\n")
     result = analyze_transcript(read_transcript(tsv), matcher)
     back = analyze_transcript(read_transcript(write(tmp_path / "call.vtt", to_vtt(result))), matcher)
     assert back.utterances == result.utterances and back.triggers == result.triggers
@@ -315,7 +315,7 @@ BAD = [
     ("none.json", '{"utterances": []}', "no utterances"),
     ("halftimed.json", '{"utterances": [{"speaker": "c", "start": 1.0, "text": "好"}]}', "line 1", "end time"),
     ("notab.tsv", f"customer\t{COMPLAINT}\n\ncustomer {COMPLAINT}\n", "line 3", "no tab"),
-    ("speaker.tsv", f"customer\t好\nboss\t好\n", "line 2", "unknown speaker 'boss'", "客户/坐席"),
+    ("speaker.tsv", "customer\t好\nboss\t好\n", "line 2", "unknown speaker 'boss'", "客户/坐席"),
     ("columns.tsv", "customer\t1.0\t好\n", "line 1", "3 columns"),
     ("times.tsv", "customer\tsoon\tlater\t好\n", "line 1", "not a number"),
     ("backwards.tsv", "customer\t5\t2\t好\n", "line 1", "before it starts"),

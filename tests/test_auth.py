@@ -56,10 +56,10 @@ def test_nothing_secret_is_logged(caplog, stored_hash: str, tmp_path: Path) -> N
     verify_password(stored_hash, SECRET)
     verify_password(stored_hash, "wrong " + SECRET)
     store = Store(tmp_path / "db")
-    store.add_user("alice", "agent", stored_hash)
-    token, csrf = store.create_session("alice")
-    store.get_session(token)
-    LoginRateLimiter(1, store).record_failure("alice", "10.0.0.1")
+    store.accounts.add_user("alice", "agent", stored_hash)
+    token, csrf = store.accounts.create_session("alice")
+    store.accounts.get_session(token)
+    LoginRateLimiter(1, store).admit("alice", "10.0.0.1")
     store.close()
     for secret in (SECRET, token, csrf, stored_hash):
         assert secret not in caplog.text
@@ -73,37 +73,70 @@ class FakeClock:
         return self.now
 
 
-def test_rate_limiter_per_account_and_per_address() -> None:
+def fail(limiter: LoginRateLimiter, username: str, address: str) -> None:
+    """One wrong-password login: admitted, and left counted as a failure."""
+    assert limiter.admit(username, address).allowed
+
+
+def test_rate_limiter_locks_the_address_and_only_delays_the_account() -> None:
     clock = FakeClock()
     limiter = LoginRateLimiter(3, clock=clock)
     for _ in range(3):
-        assert limiter.allowed("alice", "10.0.0.1")
-        limiter.record_failure("alice", "10.0.0.1")
+        fail(limiter, "Alice", "10.0.0.1")
         clock.now += 1
-    assert not limiter.allowed("alice", "10.0.0.1")
-    assert not limiter.allowed("ALICE", "10.0.0.9")           # the account is limited anywhere
-    assert not limiter.allowed("bob", "10.0.0.1")             # the address is limited for anyone
-    assert limiter.allowed("bob", "10.0.0.2")
-    assert limiter.retry_after("alice", "10.0.0.2") == pytest.approx(57.0)
-    clock.now += 57.0                                         # the first failure ages out
-    assert limiter.allowed("alice", "10.0.0.2")
-    limiter.record_failure("alice", "10.0.0.2")
-    assert not limiter.allowed("alice", "10.0.0.2")
+    locked = limiter.admit("alice", "10.0.0.1")
+    assert not locked.allowed and locked.retry_after == pytest.approx(57.0)
+    assert not limiter.admit("bob", "10.0.0.1").allowed       # the address is locked for anyone
+    elsewhere = limiter.admit("ALICE", "10.0.0.9")             # the account is NOT locked elsewhere,
+    assert elsewhere.allowed and elsewhere.delay == 0.5        # only slowed (Alice = ALICE = alice)
+    limiter.succeeded(elsewhere)                               # a right password costs nothing
+    assert limiter.admit("bob", "10.0.0.2").delay == 0.0       # another account: no delay
+    clock.now += 57.0                                          # the first failure ages out
+    assert limiter.admit("alice", "10.0.0.1").allowed
+
+
+def test_the_account_delay_doubles_up_to_a_cap() -> None:
+    limiter = LoginRateLimiter(2, clock=FakeClock())
+    delays = []
+    for i in range(10):
+        admission = limiter.admit("ａｌｉｃｅ", f"10.0.1.{i}")  # full-width: the same account
+        assert admission.allowed
+        delays.append(admission.delay)
+    assert delays[:5] == [0.0, 0.0, 0.5, 1.0, 2.0]
+    assert max(delays) == LoginRateLimiter.ACCOUNT_DELAY_MAX
+
+
+def test_only_the_first_refusal_of_a_lock_is_reported() -> None:
+    clock = FakeClock()
+    limiter = LoginRateLimiter(1, clock=clock)
+    assert limiter.first_refusal("10.0.0.1", 30.0)
+    assert not limiter.first_refusal("10.0.0.1", 29.0)         # the same lock
+    assert limiter.first_refusal("10.0.0.2", 30.0)             # another address
+    clock.now += 30.0
+    assert limiter.first_refusal("10.0.0.1", 30.0)             # a new lock
+
+
+def test_successful_logins_do_not_count() -> None:
+    limiter = LoginRateLimiter(2, clock=FakeClock())
+    for _ in range(5):
+        admission = limiter.admit("alice", "10.0.0.1")
+        assert admission.allowed and admission.delay == 0.0
+        limiter.succeeded(admission)
 
 
 def test_rate_limits_survive_a_restart(tmp_path: Path) -> None:
     clock = FakeClock()
     store = Store(tmp_path / "db")
     limiter = LoginRateLimiter(2, store, clock=clock)
-    limiter.record_failure("alice", "10.0.0.1")
-    limiter.record_failure("alice", "10.0.0.1")
+    fail(limiter, "alice", "10.0.0.1")
+    fail(limiter, "alice", "10.0.0.1")
     store.close()
     reopened = Store(tmp_path / "db")
     after_restart = LoginRateLimiter(2, reopened, clock=clock)
-    assert not after_restart.allowed("alice", "10.0.0.3")
-    assert not after_restart.allowed("carol", "10.0.0.1")
+    assert not after_restart.admit("carol", "10.0.0.1").allowed
+    assert after_restart.admit("alice", "10.0.0.3").delay == 0.5
     clock.now += 61
-    assert after_restart.allowed("alice", "10.0.0.1")
+    assert after_restart.admit("alice", "10.0.0.1").allowed
     reopened.close()
 
 

@@ -1,17 +1,19 @@
 """Configuration: defaults, file and environment overrides, errors that name file, key and problem."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from callassist.config import DEFAULT_FILE, ConfigError, load_config
+from callassist.config import DEFAULT_FILE, PROJECT_ROOT, ConfigError, load_config
 
 
 def test_defaults_load_and_are_documented():
     config = load_config(env={})
-    assert config.ari.url == "" and config.asr.engine == "vosk"
+    assert config.ari.url == "" and config.asr.engine == "auto"
     assert config.web.host == "127.0.0.1", "binds to loopback unless told otherwise"
     text = DEFAULT_FILE.read_text(encoding="utf-8")
     for section in ("storage", "asr", "matcher", "ari", "rtp", "recording", "cue", "web"):
@@ -31,7 +33,7 @@ def test_file_then_environment_override(tmp_path):
 @pytest.mark.parametrize("body, expected", [
     ('[rtp]\nport_min = "many"\n', "[rtp] port_min: must be an integer"),
     ("[rtp]\nport_min = 41000\nport_max = 40000\n", "[rtp] port_min: must not exceed port_max"),
-    ('[asr]\nengine = "kaldi"\n', "[asr] engine: must be one of 'vosk', 'whisper'"),
+    ('[asr]\nengine = "kaldi"\n', "[asr] engine: must be one of 'auto', 'vosk', 'whisper'"),
     ('[asr]\nmodel = "x"\n', "[asr] model: unknown key"),
     ('[telephony]\nx = 1\n', "[telephony]: unknown section"),
     ('[ari]\nurl = "127.0.0.1:8088"\n', "[ari] url: must start with http://"),
@@ -67,3 +69,46 @@ def test_config_check_command(tmp_path):
     assert proc.returncode == 1
     assert f"{bad}: [rtp] port_max: must be between 1024 and 65535" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- issue 9, finding 10: what `config check` used to wave through ------------------------
+
+def config_check(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    base = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+            "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.run([sys.executable, "-m", "callassist", "config", "check", *args],
+                          capture_output=True, text=True, env={**base, **env}, cwd=cwd, timeout=120)
+
+
+def test_mistyped_environment_variable_is_reported_with_the_likely_name():
+    config = load_config(env={"CALLASSIST_WEB_PROT": "9090", "CALLASSIST_DATA_DIR": "/srv/x",
+                              "CALLASSIST_TEST_ARI_URL": "http://x", "CALLASSIST_PASSWORD": "p"})
+    assert config.web.port == 8080                 # ignored, as before ...
+    assert config.warnings == (                    # ... but no longer silently
+        "$CALLASSIST_DATA_DIR: unknown setting, ignored; did you mean $CALLASSIST_STORAGE_DATA_DIR?",
+        "$CALLASSIST_WEB_PROT: unknown setting, ignored; did you mean $CALLASSIST_WEB_PORT?")
+    proc = config_check(env={"CALLASSIST_WEB_PROT": "9090"})
+    assert proc.returncode == 1, proc.stdout
+    assert "error: $CALLASSIST_WEB_PROT: unknown setting, ignored; did you mean $CALLASSIST_WEB_PORT?" \
+        in proc.stderr
+    good = config_check(env={"CALLASSIST_WEB_PORT": "9090"})    # control: the right name is fine
+    assert good.returncode == 0 and ":9090" in good.stdout, good.stderr
+
+
+def test_engine_vosk_without_a_vosk_model_fails_and_says_where_it_looked(tmp_path):
+    from asr.engine import ModelNotFoundError
+    from asr.models import find_model
+    try:
+        found = find_model("vosk")
+    except ModelNotFoundError:
+        found = None
+    if found is not None:
+        pytest.skip(f"a Vosk Chinese model is installed here ({found})")
+    proc = config_check(env={"CALLASSIST_ASR_ENGINE": "vosk"}, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout
+    line = next(line for line in proc.stderr.splitlines() if "engine = 'vosk'" in line)
+    assert "No vosk model found. Looked in:" in line and f"{tmp_path}/models/" in line
+    assert "callassist models install" in line
+    auto = config_check(env={}, cwd=tmp_path)     # control: the default falls back and says so
+    assert auto.returncode == 0, auto.stderr
+    assert "engine: auto -> whisper (no Vosk Chinese model found)" in auto.stdout

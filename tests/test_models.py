@@ -233,3 +233,26 @@ def test_single_source_checksum_only_warns(tmp_path, capsys):
     assert run(install_args("vosk-model-cn-0.22", "--archive", str(archive), "--dest", str(tmp_path / "m"))) == 0
     assert "WARNING" in capsys.readouterr().err
     assert vosk_model_problems(tmp_path / "m" / "vosk-model-cn-0.22") == []
+
+
+# -- the live engine's fallback (issue 9, finding 7): one place decides it -----------------
+
+def test_auto_engine_is_vosk_when_a_vosk_model_is_given_else_whisper(vosk_ko_model_dir, whisper_base_model_dir):
+    from asr import ENGINE_FALLBACK_NOTE, choose_engine
+    from callassist.config import load_config
+
+    config = load_config(env={})
+    assert config.asr.engine == "auto"
+    assert choose_engine(config, env={"CALLASSIST_VOSK_MODEL": str(vosk_ko_model_dir)}) == ("vosk", "")
+    assert choose_engine(config, model=vosk_ko_model_dir, env={}) == ("vosk", "")
+    assert choose_engine(config, model=whisper_base_model_dir, env={}) == ("whisper", "")
+    try:
+        find_model("vosk", env={})
+    except ModelNotFoundError:
+        assert choose_engine(config, env={}) == ("whisper", ENGINE_FALLBACK_NOTE)
+    # an explicit but broken Vosk path is not fallen back from: create_engine reports it
+    broken = load_config(env={"CALLASSIST_ASR_VOSK_MODEL": "/nonexistent/vosk"})
+    assert choose_engine(broken, env={}) == ("vosk", "")
+    from asr import create_engine
+    with pytest.raises(ModelNotFoundError, match="/nonexistent/vosk"):
+        create_engine(broken)

@@ -483,7 +483,7 @@ async def test_qa_search_in_chinese_plays_and_seeks(env):
 
 async def test_qa_details_name_the_agent_once(env):
     """A display name that already says 坐席 (the demo's 坐席 1001) is not labelled twice."""
-    env.store.add_user("desk.1009", "agent", "not-a-login", "坐席 1009", ("PJSIP/1009",))
+    env.store.accounts.add_user("desk.1009", "agent", "not-a-login", "坐席 1009", ("PJSIP/1009",))
     call = "1700000000.109"
     await simulate_call(env.bus, call, "PJSIP/1009", script=CALM_SCRIPT, seconds=6, caller="")
     await until(lambda: (env.store.get_call(call) or {}).get("status") == "ended")

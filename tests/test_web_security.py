@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 
 import aiohttp
 import pytest
@@ -337,7 +338,7 @@ async def test_login_redirects_only_to_local_pages_and_logout_ends_the_session(s
         async with http.post(f"{site.url}/logout", data={"csrf_token": csrf},
                              allow_redirects=False) as response:
             assert response.status == 303
-    assert site.store.get_session(cookie.split("=", 1)[1].split(";")[0]) is None
+    assert site.store.accounts.get_session(cookie.split("=", 1)[1].split(";")[0]) is None
 
 
 async def test_session_cookie_is_secure_with_tls(tmp_path):
@@ -437,3 +438,152 @@ async def test_exports(site):
             rows = list(csv.reader(io.StringIO((await response.text()).lstrip("\ufeff"))))
         assert rows[0][:5] == ["kind", "start", "end", "speaker", "text"]
         assert rows[1][4].startswith("'=HYPERLINK")              # no formula in spreadsheets
+
+
+# --- hardening (issue 9): redirects, bad input, whose marks, file names -------------------
+
+def session_rows(site: Site) -> int:
+    with sqlite3.connect(site.store.path) as db:            # what is stored, not an API's view
+        return db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+
+
+async def login_with_next(http, url: str, next_: str):
+    async with http.get(f"{url}/login") as response:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await response.text()).group(1)
+    async with http.post(f"{url}/login", allow_redirects=False, data={
+            "username": "wang.qiang", "password": PASSWORD, "csrf_token": token,
+            "next": next_}) as response:
+        return response.status, response.headers
+
+
+async def test_login_redirect_refuses_encoded_and_whitespace_tricks(site):
+    tricks = ("/%09/evil.example", "/\t/evil.example", "/%0a/evil.example", "/%0D%0A/evil.example",
+              "/%5Cevil.example", "/\\evil.example", "/%2509/evil.example", "/%2F/evil.example",
+              "/ /evil.example", "/%E2%80%AE/evil.example", "//evil.example")
+    async with client_session() as http:
+        for trick in tricks:
+            status, headers = await login_with_next(http, site.url, trick)
+            assert (status, headers["Location"]) == (303, "/supervisor"), trick
+            async with http.get(f"{site.url}/login", params={"next": trick}) as response:
+                assert "evil" not in await response.text(), trick       # not put in the form
+        # a real local target, search text included, still works (positive control)
+        local = "/qa?q=%E6%8A%95%E8%AF%89&status=ended"
+        status, headers = await login_with_next(http, site.url, local)
+        assert (status, headers["Location"]) == (303, local)
+
+
+async def test_control_characters_in_next_do_not_break_a_login(site):
+    before = session_rows(site)
+    async with client_session() as http:
+        status, headers = await login_with_next(http, site.url, "/supervisor\r\nSet-Cookie: evil=1")
+        assert status == 303 and headers["Location"] == "/supervisor"
+        assert "evil" not in " ".join(headers.getall("Set-Cookie"))
+        async with http.get(f"{site.url}/supervisor", allow_redirects=False) as response:
+            assert response.status == 200                            # the one session works
+    assert session_rows(site) == before + 1
+
+
+async def test_json_endpoints_answer_bad_json_with_400(site):
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "zhao.min")
+        review = f"{site.url}/qa/call/{MINE}/review"
+        bad_bodies = {
+            "truncated": b'{"verdict": "pass"',
+            "deeply nested": b"[" * 100_000,
+            "nested notes": b'{"verdict": "pass", "notes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+            "not UTF-8": b'{"verdict": "pass", "notes": "\xff\xfe"}',
+            "null notes": b'{"verdict": "pass", "notes": null}',
+            "number notes": b'{"verdict": "pass", "notes": 5}',
+            "list verdict": b'{"verdict": ["pass"]}',
+        }
+        for what, body in bad_bodies.items():
+            async with http.post(review, data=body, headers={
+                    "X-CSRF-Token": csrf, "Content-Type": "application/json"}) as response:
+                assert response.status == 400, what
+                assert re.search(r"[\u4e00-\u9fff]", (await response.json())["error"]), what
+        async with http.post(review, data=b'{"verdict": "pass"}', headers={
+                "X-CSRF-Token": csrf, "Content-Type": "application/json; charset=no-such"}) as response:
+            assert response.status == 400
+        assert site.store.get_call(MINE)["review"] is None            # nothing stored
+        async with http.post(review, json={"verdict": "pass", "notes": "语气平和"},
+                             headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 200                             # positive control
+        assert site.store.get_call(MINE)["review"]["notes"] == "语气平和"
+    async with client_session() as http:
+        csrf = await http_login(http, site.url, "zhang.wei")
+        feedback = f"{site.url}/api/cards/{site.card_mine}/feedback"
+        async with http.post(feedback, data=b"[" * 100_000, headers={
+                "X-CSRF-Token": csrf, "Content-Type": "application/json"}) as response:
+            assert response.status == 400 and "JSON" in (await response.json())["error"]
+        assert site.store.get_card(site.card_mine)["helpful"] is None
+
+
+async def test_websocket_hello_out_of_range_is_refused_clearly(site):
+    async with client_session() as http:
+        await http_login(http, site.url, "li.na")
+        for hello in ('{"last_seq": 1000000000000000000000000000000}', '{"last_seq": -1}',
+                      '{"last_seq": true}', '{"last_seq": "5"}', '{"last_seq": 1.5}',
+                      '[' * 60_000):
+            ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+            await ws.send_str(hello)
+            message = await ws.receive(timeout=5)
+            assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4400, hello[:40]
+            assert message.extra.startswith("bad hello")
+            if "last_seq" in hello:
+                assert "last_seq" in message.extra
+        # the largest seq there can be is a valid hello (positive control)
+        ws = await http.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_json({"last_seq": 2**63 - 1})
+        assert (await ws.receive_json(timeout=5))["type"] == "ready"
+        await ws.close()
+
+
+async def test_only_the_calls_agent_marks_its_cards(site):
+    card = site.card_theirs                                       # li.na's live call
+    async with client_session() as supervisor, client_session() as agent:
+        sup_csrf = await http_login(supervisor, site.url, "wang.qiang")
+        agent_csrf = await http_login(agent, site.url, "li.na")
+        async with supervisor.post(f"{site.url}/api/cards/{card}/ack",
+                                   headers={"X-CSRF-Token": sup_csrf}) as response:
+            assert response.status == 403
+        assert site.store.get_card(card)["acknowledged_by"] is None
+        async with agent.post(f"{site.url}/api/cards/{card}/ack",
+                              headers={"X-CSRF-Token": agent_csrf}) as response:
+            assert response.status == 200
+        async with agent.post(f"{site.url}/api/cards/{card}/feedback", json={"helpful": False},
+                              headers={"X-CSRF-Token": agent_csrf}) as response:
+            assert response.status == 200
+        async with supervisor.post(f"{site.url}/api/cards/{card}/feedback", json={"helpful": True},
+                                   headers={"X-CSRF-Token": sup_csrf}) as response:
+            assert response.status == 403 and "坐席" in (await response.json())["error"]
+        stored = site.store.get_card(card)
+        assert stored["acknowledged_by"] == "li.na" and stored["helpful"] is False
+        # the agent's screen shows the agent's marks
+        ws = await agent.ws_connect(site.url + "/ws", origin=site.url)
+        await ws.send_json({"last_seq": 0})
+        ready = (await read_until_ready_message(ws))["cards"]
+        await ws.close()
+        assert ready[card] == {"acknowledged": True, "helpful": False}
+
+
+async def read_until_ready_message(ws) -> dict:
+    while (message := await ws.receive_json(timeout=10)).get("type") != "ready":
+        pass
+    return message
+
+
+async def test_export_file_names_keep_non_ascii_call_ids(site):
+    call_id = "投诉-1"
+    site.bus.publish(CallStarted(call_id))
+    site.bus.publish(CallEnded(call_id, 1.0))
+    await until(lambda: (site.store.get_call(call_id) or {}).get("status") == "ended")
+    async with client_session() as http:
+        await http_login(http, site.url, "zhao.min")
+        async with http.get(f"{site.url}/qa/call/{call_id}/export.json") as response:
+            assert response.status == 200
+            disposition = response.headers["Content-Disposition"]
+        assert disposition.isascii()
+        assert disposition == ("attachment; filename=\"call-__-1.json\"; "
+                               "filename*=UTF-8''call-%E6%8A%95%E8%AF%89-1.json")
+        async with http.get(f"{site.url}/qa/call/{MINE}/export.csv") as response:
+            assert response.headers["Content-Disposition"] == f'attachment; filename="call-{MINE}.csv"'

@@ -76,7 +76,7 @@ def make_store(config: Config, users: Iterable[WebUser] = USERS) -> Store:
     store = open_store(config)
     password_hash = hash_password(PASSWORD)        # one hash: argon2 is slow on purpose
     for user in users:
-        store.add_user(user.username, user.role, password_hash, user.display_name, user.endpoints)
+        store.accounts.add_user(user.username, user.role, password_hash, user.display_name, user.endpoints)
     return store
 
 

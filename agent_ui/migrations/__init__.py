@@ -156,7 +156,29 @@ _CARD_HEARD_VIA = (
     "ALTER TABLE cards ADD COLUMN via TEXT NOT NULL DEFAULT ''",
 )
 
+# Accounts (agent_ui.account_store): a user can be disabled (NULL: active); a session
+# remembers where it was opened, for the admin's session list; the audit log keeps
+# logins and user management (no foreign key: history outlives a removed user).
+_ACCOUNTS = (
+    "ALTER TABLE users ADD COLUMN disabled_at REAL",
+    "ALTER TABLE sessions ADD COLUMN address TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE sessions ADD COLUMN user_agent TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX sessions_user ON sessions(username)",
+    """CREATE TABLE audit_log (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      REAL NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        target  TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        detail  TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX audit_log_at ON audit_log(at)",
+    "CREATE INDEX audit_log_target ON audit_log(target, id)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "cards: heard and via", _CARD_HEARD_VIA),
+    Migration(3, "accounts: disabled users, session origin, audit log", _ACCOUNTS),
 )

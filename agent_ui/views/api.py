@@ -32,6 +32,16 @@ class BadRequest(web.HTTPBadRequest):
                          content_type="application/json")
 
 
+async def json_body(request: web.Request) -> Any:
+    """The request's body as JSON, or BadRequest saying what is wrong with it."""
+    try:
+        return json.loads(await request.text())
+    except RecursionError:               # "[[[[..." past Python's nesting limit
+        raise BadRequest("请求体的 JSON 嵌套层数过多") from None
+    except (ValueError, UnicodeDecodeError, LookupError):   # not JSON, not UTF-8, unknown charset
+        raise BadRequest("请求体应为有效的 JSON（UTF-8 编码）") from None
+
+
 # --- shapes sent to the browser (no file paths, no password hashes) -------------------
 
 def call_summary(call: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +122,7 @@ async def meta(request: web.Request) -> web.Response:
     if user["role"] != "agent":
         agents = [{"username": u["username"], "display_name": u.get("display_name") or u["username"],
                    "endpoints": u.get("endpoints", [])}
-                  for u in request.app[APP_STORE].list_users() if u["role"] == "agent"]
+                  for u in request.app[APP_STORE].accounts.list_users() if u["role"] == "agent"]
     return web.json_response({"categories": categories, "agents": agents})
 
 
@@ -145,13 +155,26 @@ async def live_calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": [call_summary(c) for c in calls], "server_time": time.time()})
 
 
+def answered_call(user: dict[str, Any], call: dict[str, Any]) -> bool:
+    """One of the user's endpoints took part in the call as its agent."""
+    agents = {call.get("agent_endpoint")} | set(call.get("agents") or ())
+    return bool(set(user.get("endpoints") or ()) & (agents - {None, ""}))
+
+
 def _card_for_user(request: web.Request) -> tuple[str, dict[str, Any]]:
+    """The card and user for an acknowledgement or feedback. A card's marks are its
+    call's agent's (they show on the agent's screen): anyone else who may see the call,
+    a supervisor for instance, gets 403 rather than overwriting them."""
     user = require_role(request, "agent", "supervisor", "admin")
     card_id = request.match_info["card_id"]
     call_id = request.app[APP_STORE].card_call_id(card_id)
     if call_id is None:
         raise web.HTTPNotFound(text='{"error": "没有这张提示卡"}', content_type="application/json")
-    require_call(request, call_id)
+    call = require_call(request, call_id)
+    if not answered_call(user, call):
+        raise web.HTTPForbidden(text=json.dumps(
+            {"error": "提示卡的“已处理”和“有用/没用”只能由接听该通话的坐席标记"}, ensure_ascii=False),
+            content_type="application/json")
     return card_id, user
 
 
@@ -163,10 +186,7 @@ async def acknowledge(request: web.Request) -> web.Response:
 
 async def feedback(request: web.Request) -> web.Response:
     card_id, user = _card_for_user(request)
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("请求体应为 JSON") from None
+    body = await json_body(request)
     helpful = body.get("helpful") if isinstance(body, dict) else None
     if not isinstance(helpful, bool):
         raise BadRequest("helpful: 应为 true 或 false")

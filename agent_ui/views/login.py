@@ -2,11 +2,13 @@
 
 The login form is protected by a double-submit token (a cookie set with the form,
 echoed in a hidden field) since there is no session yet. Failed attempts are rate
-limited per account and per address (auth.LoginRateLimiter). The password is passed
-to verify_password_async and nowhere else: never logged, never echoed.
+limited (auth.LoginRateLimiter: a lock per address, a growing delay per account).
+Logins, failures and refusals go to the audit log (AccountStore.audit). The password
+is passed to verify_password_async and nowhere else: never logged, never echoed.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -49,23 +51,36 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))[:MAX_FIELD * 4]
     next_ = safe_next(str(form.get("next", "")), "")
     address = request.remote or ""
+    accounts = request.app[APP_STORE].accounts
     limiter = request.app[APP_LIMITER]
-    wait = limiter.retry_after(username, address)
-    if wait > 0:
+    admission = limiter.admit(username, address)
+    if not admission.allowed:
+        wait = math.ceil(admission.retry_after)
         log.warning("login refused (rate limit) for %r from %s", username, address)
-        response = _login_page(request, f"尝试次数过多，请 {math.ceil(wait)} 秒后再试。",
+        if limiter.first_refusal(address, admission.retry_after):
+            accounts.audit(username, "login.rate_limited", username, address, {"retry_after": wait})
+        response = _login_page(request, f"尝试次数过多，请 {wait} 秒后再试。",
                                username, next_, status=429)
-        response.headers["Retry-After"] = str(math.ceil(wait))
+        response.headers["Retry-After"] = str(wait)
         return response
-    store = request.app[APP_STORE]
-    user = store.get_user(username) if username else None
+    if admission.delay > 0:              # this account had many failures: slow guessing down
+        await asyncio.sleep(admission.delay)
+    user = accounts.get_user(username) if username else None
     ok = await verify_password_async(user["password_hash"] if user else None, password)
     del password
     if not ok or user is None:
-        limiter.record_failure(username, address)
         log.info("login failed for %r from %s", username, address)
+        accounts.audit(username, "login.failed", username, address,
+                       {"known_user": user is not None})
         return _login_page(request, "用户名或密码错误。", username, next_, status=401)
-    token, _csrf = store.create_session(user["username"], SESSION_TTL)
+    limiter.succeeded(admission)             # the right password costs no attempt
+    if user["disabled"]:
+        log.info("login refused for disabled user %s from %s", user["username"], address)
+        accounts.audit(user["username"], "login.disabled", user["username"], address)
+        return _login_page(request, "该账号已停用，请联系管理员。", username, next_, status=403)
+    token, _csrf = accounts.create_session(user["username"], SESSION_TTL, address=address,
+                                           user_agent=request.headers.get("User-Agent", ""))
+    accounts.audit(user["username"], "login", user["username"], address)
     log.info("login: %s (%s) from %s", user["username"], user["role"], address)
     response = redirect(next_ or home_of(user["role"]))
     set_cookie(request, response, SESSION_COOKIE, token, max_age=int(SESSION_TTL))
@@ -76,8 +91,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     token = request.get(REQ_SESSION)
     if token:
-        request.app[APP_STORE].delete_session(token)
-        log.info("logout: %s", request[REQ_USER]["username"])
+        username = request[REQ_USER]["username"]
+        request.app[APP_STORE].accounts.delete_session(token, actor=username,
+                                                       address=request.remote or "")
+        log.info("logout: %s", username)
     response = redirect("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

@@ -11,13 +11,14 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from agent_ui.auth import can_review
 from agent_ui.security import (APP_PLAYBOOK, APP_STORE, REQ_CSRF, current_user, redirect,
                                require_call)
-from agent_ui.views.api import BadRequest, adherence_window, call_detail
+from agent_ui.views.api import BadRequest, adherence_window, call_detail, json_body
 from agent_ui.views.export import FORMATS
 from agent_ui.views.render import page
 
@@ -69,14 +70,16 @@ async def save_review(request: web.Request) -> web.StreamResponse:
     if not can_review(user):
         raise web.HTTPForbidden(text="无权填写质检结论", content_type="text/plain")
     if request.content_type == "application/json":
-        form: Any = await request.json()
+        form: Any = await json_body(request)
         if not isinstance(form, dict):
             raise BadRequest("请求体应为 JSON 对象")
     else:
         form = await request.post()
-    verdict = str(form.get("verdict", ""))
-    notes = str(form.get("notes", ""))
-    if verdict not in VERDICTS:
+    verdict = form.get("verdict", "")
+    notes = form.get("notes", "")
+    if not isinstance(notes, str):          # null, a number, an uploaded file: not notes
+        raise BadRequest("notes: 备注应为文字")
+    if not isinstance(verdict, str) or verdict not in VERDICTS:
         # no default verdict: a review says what the reviewer chose, or is not saved
         if request.content_type == "application/json":
             raise BadRequest(f"verdict: {NO_VERDICT}（{', '.join(VERDICTS)}）")
@@ -100,9 +103,20 @@ async def export(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     formatter, content_type = FORMATS[fmt]
     detail = call_detail(call, request.app[APP_PLAYBOOK], adherence_window(request))
-    safe_id = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in call["call_id"])
     return web.Response(text=formatter(detail), content_type=content_type, charset="utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="call-{safe_id}.{fmt}"'})
+                        headers={"Content-Disposition": attachment(f"call-{call['call_id']}.{fmt}")})
+
+
+def attachment(filename: str) -> str:
+    """Content-Disposition for a download (RFC 6266): an ASCII `filename` for old
+    clients (anything else as _) and the real name, UTF-8, as `filename*`."""
+    # letters, digits, CJK ... but no path separators, quotes or control characters
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in filename)
+    ascii_name = "".join(ch if ch.isascii() else "_" for ch in name)
+    header = f'attachment; filename="{ascii_name}"'
+    if name != ascii_name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header
 
 
 def recording_file(store: Any, call: dict[str, Any]) -> Path | None:

@@ -23,6 +23,7 @@ NAV = (  # (path, label, roles)
     ("/agent", "坐席助手", ("agent", "admin")),
     ("/supervisor", "实时监控", ("supervisor", "admin")),
     ("/qa", "质检回放", ("agent", "supervisor", "qa", "admin")),
+    ("/users", "用户管理", ("admin",)),
 )
 
 

@@ -19,6 +19,12 @@ falls more than FEED_QUEUE events behind is closed with 4000 and reconnects
 Who sees what: an agent, the live calls on their endpoints (a call enters scope when
 its AgentJoined names one of them); a supervisor or admin, every call; anyone, one
 call they may view with ?call=ID. The handshake must come from this site (Origin).
+
+Limits (agent_ui.views.sockets.OpenSockets): a socket is closed with 4401 within about
+half a second of its session ending (logout, removal, password/role change, disabling,
+expiry; from this process or another); a user's socket beyond [web]
+websockets_per_user is closed at once with 4429; a client that does not answer the
+server's pings ([web] websocket_heartbeat) is dropped.
 """
 from __future__ import annotations
 
@@ -31,20 +37,24 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from agent_ui.auth import can_view_call
+from agent_ui.security import (APP_CONFIG, APP_STORE, REQ_SESSION, current_user, forbidden,
+                               require_call, same_origin)
 from agent_ui.views.hub import Feed, LiveHub
-from agent_ui.security import (APP_STORE, REQ_SESSION, current_user, forbidden, require_call,
-                               same_origin)
+from agent_ui.views.sockets import OpenSockets, Place
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
-SESSION_CHECK = 60.0               # seconds between checks that the session still exists
 FEED_QUEUE = 2000
 MAX_WANTED = 50
+MAX_SEQ = 2**63 - 1                # SQLite's largest integer: a larger last_seq is no seq
 CLOSE_BEHIND = 4000
+CLOSE_BAD_HELLO = 4400
 CLOSE_LOGGED_OUT = 4401
+CLOSE_TOO_MANY = 4429
 CLOSE_GOING_AWAY = 1001
-APP_SOCKETS: web.AppKey[set] = web.AppKey("websockets", set)
+CLOSE_REASON_BYTES = 123           # RFC 6455: a close frame's reason, in UTF-8 bytes
+APP_SOCKETS: web.AppKey[OpenSockets] = web.AppKey("websockets", OpenSockets)
 APP_HUB: web.AppKey[LiveHub] = web.AppKey("live_hub", LiveHub)
 
 
@@ -88,14 +98,22 @@ class Scope:
         return True
 
 
+def close_reason(text: str) -> bytes:
+    """`text` as a close frame's reason: UTF-8, cut on a character boundary to fit."""
+    return text.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore").encode()
+
+
 def _parse_hello(data: str) -> tuple[int, list[str]]:
-    hello = json.loads(data)
+    try:
+        hello = json.loads(data)
+    except RecursionError:                     # "[[[[..." nested past Python's limit
+        raise ValueError("hello is nested too deeply") from None
     if not isinstance(hello, dict):
         raise ValueError("hello must be an object")
     last = hello.get("last_seq", 0)
     wanted = hello.get("calls", [])
-    if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-        raise ValueError("last_seq must be a non-negative integer")
+    if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last <= MAX_SEQ:
+        raise ValueError(f"last_seq must be an integer from 0 to {MAX_SEQ}")
     if not isinstance(wanted, list) or not all(isinstance(c, str) for c in wanted):
         raise ValueError("calls must be a list of call ids")
     return last, wanted
@@ -154,19 +172,16 @@ async def _stream(ws: web.WebSocketResponse, scope: Scope, hub: LiveHub, last: i
         hub.detach(feed)
 
 
-async def _watch(ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Read until the client goes; close if the session ends (logout, expiry)."""
-    store = request.app[APP_STORE]
+async def _read_until_gone(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) until the client goes; the heartbeat drops a silent one."""
     while not ws.closed:
-        try:
-            msg = await ws.receive(timeout=SESSION_CHECK)
-        except asyncio.TimeoutError:
-            if store.get_session(request[REQ_SESSION]) is None:
-                await ws.close(code=CLOSE_LOGGED_OUT, message=b"session ended")
-                return
-            continue
+        msg = await ws.receive()
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
+
+
+async def _session_end(place: Place) -> None:
+    await place.ended.wait()
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -181,21 +196,31 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     elif user["role"] not in ("agent", "supervisor", "admin"):
         raise forbidden(request)
     store = request.app[APP_STORE]
-    ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    request.app[APP_SOCKETS].add(ws)
+    sockets = request.app[APP_SOCKETS]
+    # the slot is taken before the handshake's first await: parallel handshakes count
+    place = sockets.admit(user["username"], request[REQ_SESSION])
+    ws = web.WebSocketResponse(heartbeat=request.app[APP_CONFIG].web.websocket_heartbeat,
+                               max_msg_size=64 * 1024)
     try:
+        await ws.prepare(request)
+        if place is None:
+            log.warning("websocket refused: %s already holds %d", user["username"], sockets.per_user)
+            await ws.close(code=CLOSE_TOO_MANY, message=close_reason(
+                f"此账号打开的实时页面过多（每个账号最多 {sockets.per_user} 个），请先关闭其他页面"))
+            return ws
+        place.ws = ws
         try:
             msg = await ws.receive(timeout=HELLO_TIMEOUT)
             if msg.type != WSMsgType.TEXT:
                 raise ValueError("expected a JSON hello")
             last, wanted = _parse_hello(msg.data)
         except (asyncio.TimeoutError, ValueError) as exc:
-            await ws.close(code=4400, message=f"bad hello: {exc}"[:120].encode())
+            await ws.close(code=CLOSE_BAD_HELLO, message=close_reason(f"bad hello: {exc}"))
             return ws
-        tasks = [asyncio.create_task(_stream(ws, Scope(user, store, focus), request.app[APP_HUB],
-                                             last, wanted)),
-                 asyncio.create_task(_watch(ws, request))]
+        stream = asyncio.create_task(_stream(ws, Scope(user, store, focus), request.app[APP_HUB],
+                                             last, wanted))
+        ended = asyncio.create_task(_session_end(place))
+        tasks = [stream, ended, asyncio.create_task(_read_until_gone(ws))]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -206,26 +231,32 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if ended in done:
+            await ws.close(code=CLOSE_LOGGED_OUT, message=b"session ended")
     finally:
-        request.app[APP_SOCKETS].discard(ws)
-        await ws.close()
+        if place is not None:
+            sockets.release(place)
+        if ws.prepared:
+            await ws.close()
     return ws
 
 
 async def _close_all(app: web.Application) -> None:
-    for ws in list(app[APP_SOCKETS]):
+    for ws in app[APP_SOCKETS].open_sockets():
         await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
 
 
 async def _run_hub(app: web.Application):
-    task = asyncio.create_task(app[APP_HUB].run(), name="live-hub")   # listening from here
+    tasks = [asyncio.create_task(app[APP_HUB].run(), name="live-hub"),   # listening from here
+             asyncio.create_task(app[APP_SOCKETS].watch_sessions(), name="websocket-sessions")]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def setup(app: web.Application) -> None:
-    app[APP_SOCKETS] = set()
+    app[APP_SOCKETS] = OpenSockets(app[APP_STORE], app[APP_CONFIG].web.websockets_per_user)
     app[APP_HUB] = LiveHub(app[APP_STORE])
     app.cleanup_ctx.append(_run_hub)
     app.on_shutdown.append(_close_all)

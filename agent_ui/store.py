@@ -6,11 +6,15 @@ One file (data_dir/callassist.db) in WAL mode, so the web app keeps serving read
 while the store writes, and `callassist user ...` / `archive import` can write from
 another process. Schema: agent_ui.migrations, applied in order on open.
 
-The store is used from one asyncio thread; every method is synchronous and short
-(one small transaction). `run(bus)` records every bus event as it comes; `listen()`
-hands the web app each event only after it is committed, with its sequence number,
-so a screen shows exactly what is stored and catching up with `events_since` gives
-no duplicates:
+Three connections, so that nothing on the event loop (RTP, ARI, websockets) waits
+for another process holding the write lock (WAL readers never wait for writers):
+reads (`_read`, short, fine on the loop); writes asked for by requests and commands
+(`_write`: on the loop only via `await store.off_loop(fn, ...)`, which runs them on
+one worker thread); and the bus recorder's own thread (agent_ui.store_writer:
+`run(bus)` hands it every bus event, it batches, waits out locks, drains on close).
+`listen()` hands the web app each event only after it is committed, with its
+sequence number, on the listener's loop and in commit order, so a screen shows
+exactly what is stored and catching up with `events_since` gives no duplicates:
 
     queue = store.listen()                       # 1. listen first
     for seq, event in store.events_since(last):  # 2. then catch up
@@ -32,7 +36,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_ui.migrations import MIGRATIONS
 from agent_ui.risk import call_risk
+from agent_ui.store_writer import StoreWriter
 from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted,
                                CardConfirmed, CardFired, CardWithdrawn, TranscriptRevised,
                                TranscriptUpdate, event_to_dict)
@@ -58,6 +65,7 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 FTS_MIN_CHARS = 3                      # trigram tokens: shorter queries use LIKE
 AUDIT_RETENTION_DAYS = 400           # logins and user changes: over a year of history
 PURGE_BATCH = 200                      # calls deleted per transaction
+RECORDER_BUSY_TIMEOUT = 0.1            # the bus recorder retries itself (StoreWriter)
 # (call id, its stored recording inside data_dir/recordings or None) -> (file, seconds) or None
 RecordingRecovery = Callable[[str, "Path | None"], "tuple[Path, float] | None"]
 
@@ -91,6 +99,10 @@ class Listener(asyncio.Queue):
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self.loop = None
+        # items committed by other threads, waiting for the loop: kept in one FIFO so
+        # that an item offered from the loop's own thread never overtakes them
+        self._from_threads: deque[tuple[int, dict[str, Any]]] = deque()
+        self._from_threads_lock = threading.Lock()
 
     def offer(self, item: tuple[int, dict[str, Any]]) -> None:
         if self.full():
@@ -98,12 +110,49 @@ class Listener(asyncio.Queue):
             self.dropped += 1
         self.put_nowait(item)
 
+    def deliver(self, item: tuple[int, dict[str, Any]]) -> bool:
+        """Hand over one committed item from any thread (the caller serialises calls in
+        commit order); False when the listener's loop is gone."""
+        loop = self.loop
+        if loop is None:
+            self.offer(item)
+            return True
+        try:
+            in_loop_thread = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            in_loop_thread = False
+        if in_loop_thread:
+            self._flush()
+            self.offer(item)
+            return True
+        with self._from_threads_lock:
+            self._from_threads.append(item)
+            first = len(self._from_threads) == 1
+        if first:
+            try:
+                loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:                  # the loop is closed
+                return False
+        return True
+
+    def _flush(self) -> None:
+        with self._from_threads_lock:
+            items, self._from_threads = self._from_threads, deque()
+        for item in items:
+            self.offer(item)
+
 
 class Store:
     def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.recordings_dir = self.path.parent / RECORDINGS_DIR
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()             # the read connection, self._db
+        self._write_lock = threading.RLock()       # the request/command write connection
+        # held from BEGIN to the last listener notified by every transaction that adds
+        # events, whichever connection: listeners get them in commit (= seq) order
+        self._events_lock = threading.RLock()
+        self._writer: StoreWriter | None = None
+        self._request_writes: ThreadPoolExecutor | None = None
         self._listeners: list[Listener] = []
         from agent_ui.account_store import AccountStore   # it imports this module
         self.accounts = AccountStore(self)
@@ -111,48 +160,79 @@ class Store:
             raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
         created = not self.path.exists()
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = self._connect(busy_timeout)
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
-        self._db.row_factory = sqlite3.Row
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable callassist database: {exc}") from None
         try:
-            self._configure(busy_timeout)
+            self._write_db = self._connect(busy_timeout)
             if created:
                 os.chmod(self.path, 0o600)        # password hashes and call transcripts
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self._close_connections()
             raise StoreError(f"{self.path}: not a usable callassist database: {exc}") from None
         except BaseException:
-            self._db.close()
+            self._close_connections()
             raise
 
     # --- connection, transactions, schema -------------------------------------------
 
-    def _configure(self, busy_timeout: float) -> None:
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise StoreError(f"{self.path}: the file system does not support SQLite WAL mode "
-                             f"(journal mode stays {mode!r}); put data_dir on a local disk")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    def _connect(self, busy_timeout: float, *, same_thread: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None,
+                             check_same_thread=same_thread)
+        db.row_factory = sqlite3.Row
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: the file system does not support SQLite WAL mode "
+                                 f"(journal mode stays {mode!r}); put data_dir on a local disk")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _close_connections(self) -> None:
+        for name in ("_write_db", "_db"):
+            db = getattr(self, name, None)
+            if db is not None:
+                db.close()
+
+    @staticmethod
+    @contextmanager
+    def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE takes the write lock up front, so a concurrent writer waits
+        (busy_timeout) instead of failing on lock upgrade."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so a
-        concurrent writer waits (busy_timeout) instead of failing on lock upgrade."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+        """One write transaction on the write connection. It may wait busy_timeout for
+        another process: from the event loop, call the method through `off_loop`."""
+        with self._write_lock, self._transaction(self._write_db) as db:
+            yield db
+
+    async def off_loop(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`method(*args, **kwargs)` (a store or accounts method that writes) on the one
+        thread for request writes, so a request handler never stalls the event loop
+        while another process holds the database; its default-pool neighbours are not
+        starved either."""
+        if self._request_writes is None:
+            self._request_writes = ThreadPoolExecutor(1, thread_name_prefix="store-request-writes")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._request_writes, lambda: method(*args, **kwargs))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -196,12 +276,19 @@ class Store:
                      step.description)
 
     def close(self) -> None:
-        with self._lock:
+        """Store what the bus recorder still holds (StoreWriter.close), then close."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._request_writes is not None:
+            self._request_writes.shutdown(wait=True)
+            self._request_writes = None
+        with self._write_lock, self._lock:
             try:
-                self._db.execute("PRAGMA optimize")
+                self._write_db.execute("PRAGMA optimize")
             except sqlite3.Error:
                 pass
-            self._db.close()
+            self._close_connections()
 
     def __enter__(self) -> Store:
         return self
@@ -218,13 +305,20 @@ class Store:
 
     def record_many(self, events: Sequence[CallEvent]) -> list[int]:
         """Persist several events in ONE transaction (all or nothing), e.g. an imported call."""
+        with self._write_lock:
+            return self.record_batch(self._write_db, events)
+
+    def record_batch(self, db: sqlite3.Connection, events: Sequence[CallEvent]) -> list[int]:
+        """record_many on connection `db` (the bus recorder's own); listeners are told
+        before any other transaction can add events, so they hear them in seq order."""
         items: list[tuple[int, dict[str, Any], bool]] = []
-        with self._write() as db:
-            for event in events:
-                items.append(self._apply(db, event))
-        for seq, data, new in items:
-            if new:
-                self._notify((seq, data))
+        with self._events_lock:
+            with self._transaction(db):
+                for event in events:
+                    items.append(self._apply(db, event))
+            for seq, data, new in items:
+                if new:
+                    self._notify((seq, data))
         return [seq for seq, _, _ in items]
 
     def _apply(self, db: sqlite3.Connection, event: CallEvent) -> tuple[int, dict[str, Any], bool]:
@@ -354,38 +448,36 @@ class Store:
 
     def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
         """Subscribe to `bus` NOW (so nothing published after this call is missed, even
-        before the task first runs) and return the coroutine that records forever:
+        before the task first runs) and return the coroutine that hands every event to
+        the store's writer thread (never waiting for the database) until cancelled:
 
             task = asyncio.create_task(store.run(bus))
         """
         subscription = bus.subscribe()            # unbounded: the store must not lose events
+        writer = self.recorder()
 
         async def consume() -> None:
             try:
                 async for event in subscription:
-                    await self._record_patiently(event)
+                    writer.submit(event)
             finally:
+                while not subscription.queue.empty():        # published before the stop
+                    writer.submit(subscription.queue.get_nowait())
                 subscription.close()
 
         return consume()
 
-    async def _record_patiently(self, event: CallEvent, attempts: int = 4) -> None:
-        """record(), retrying while another process holds the database longer than
-        busy_timeout; any other failure is logged and the recorder goes on."""
-        for attempt in range(attempts):
-            try:
-                self.record(event)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
-                    log.error("could not store %s of call %s: %s", type(event).__name__,
-                              getattr(event, "call_id", "?"), exc)
-                    return
-                await asyncio.sleep(0.2 * 2 ** attempt)
-            except Exception:                     # one bad event must not stop the recorder
-                log.exception("could not store %s of call %s", type(event).__name__,
-                              getattr(event, "call_id", "?"))
-                return
+    def recorder(self) -> StoreWriter:
+        """The bus recorder's thread (started on first use; `close()` drains it)."""
+        if self._writer is None:
+            self._writer = StoreWriter(lambda: self._connect(RECORDER_BUSY_TIMEOUT, same_thread=True),
+                                       self.record_batch, name=f"store-writer:{self.path.name}")
+        return self._writer
+
+    @property
+    def recorder_backlog(self) -> int:
+        """Bus events handed to the recorder and not yet committed (for health views)."""
+        return self._writer.backlog if self._writer is not None else 0
 
     def interrupted_calls(self) -> list[dict[str, Any]]:
         """Calls a previous run left 'live' (call at start-up, before any call can start):
@@ -462,18 +554,10 @@ class Store:
             pass
 
     def _notify(self, item: tuple[int, dict[str, Any]]) -> None:
+        """Called with _events_lock held, in commit order, from the committing thread."""
         for listener in tuple(self._listeners):
-            loop = listener.loop
-            try:
-                in_loop_thread = loop is None or asyncio.get_running_loop() is loop
-            except RuntimeError:
-                in_loop_thread = False
-            if in_loop_thread:
-                listener.offer(item)
-            elif loop.is_closed():
+            if not listener.deliver(item):
                 self.unlisten(listener)
-            else:
-                loop.call_soon_threadsafe(listener.offer, item)
 
     def events_since(self, after_seq: int, call_ids: Iterable[str] | None = None,
                      limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:

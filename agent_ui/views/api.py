@@ -180,7 +180,8 @@ def _card_for_user(request: web.Request) -> tuple[str, dict[str, Any]]:
 
 async def acknowledge(request: web.Request) -> web.Response:
     card_id, user = _card_for_user(request)
-    request.app[APP_STORE].acknowledge_card(card_id, user["username"])
+    store = request.app[APP_STORE]
+    await store.off_loop(store.acknowledge_card, card_id, user["username"])
     return web.json_response({"ok": True, "card_id": card_id})
 
 
@@ -190,7 +191,8 @@ async def feedback(request: web.Request) -> web.Response:
     helpful = body.get("helpful") if isinstance(body, dict) else None
     if not isinstance(helpful, bool):
         raise BadRequest("helpful: 应为 true 或 false")
-    request.app[APP_STORE].card_feedback(card_id, user["username"], helpful)
+    store = request.app[APP_STORE]
+    await store.off_loop(store.card_feedback, card_id, user["username"], helpful)
     return web.json_response({"ok": True, "card_id": card_id, "helpful": helpful})
 
 

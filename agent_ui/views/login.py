@@ -5,6 +5,8 @@ echoed in a hidden field) since there is no session yet. Failed attempts are rat
 limited (auth.LoginRateLimiter: a lock per address, a growing delay per account).
 Logins, failures and refusals go to the audit log (AccountStore.audit). The password
 is passed to verify_password_async and nowhere else: never logged, never echoed.
+Every write (attempts, audit rows, sessions) runs through Store.off_loop: a login never
+stalls the event loop while another process holds the database.
 """
 from __future__ import annotations
 
@@ -51,14 +53,16 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))[:MAX_FIELD * 4]
     next_ = safe_next(str(form.get("next", "")), "")
     address = request.remote or ""
-    accounts = request.app[APP_STORE].accounts
+    store = request.app[APP_STORE]
+    accounts = store.accounts
     limiter = request.app[APP_LIMITER]
-    admission = limiter.admit(username, address)
+    admission = await store.off_loop(limiter.admit, username, address)
     if not admission.allowed:
         wait = math.ceil(admission.retry_after)
         log.warning("login refused (rate limit) for %r from %s", username, address)
         if limiter.first_refusal(address, admission.retry_after):
-            accounts.audit(username, "login.rate_limited", username, address, {"retry_after": wait})
+            await store.off_loop(accounts.audit, username, "login.rate_limited", username, address,
+                                 {"retry_after": wait})
         response = _login_page(request, f"尝试次数过多，请 {wait} 秒后再试。",
                                username, next_, status=429)
         response.headers["Retry-After"] = str(wait)
@@ -70,17 +74,19 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     del password
     if not ok or user is None:
         log.info("login failed for %r from %s", username, address)
-        accounts.audit(username, "login.failed", username, address,
-                       {"known_user": user is not None})
+        await store.off_loop(accounts.audit, username, "login.failed", username, address,
+                             {"known_user": user is not None})
         return _login_page(request, "用户名或密码错误。", username, next_, status=401)
-    limiter.succeeded(admission)             # the right password costs no attempt
+    await store.off_loop(limiter.succeeded, admission)     # the right password costs no attempt
     if user["disabled"]:
         log.info("login refused for disabled user %s from %s", user["username"], address)
-        accounts.audit(user["username"], "login.disabled", user["username"], address)
+        await store.off_loop(accounts.audit, user["username"], "login.disabled", user["username"],
+                             address)
         return _login_page(request, "该账号已停用，请联系管理员。", username, next_, status=403)
-    token, _csrf = accounts.create_session(user["username"], SESSION_TTL, address=address,
-                                           user_agent=request.headers.get("User-Agent", ""))
-    accounts.audit(user["username"], "login", user["username"], address)
+    token, _csrf = await store.off_loop(accounts.create_session, user["username"], SESSION_TTL,
+                                        address=address,
+                                        user_agent=request.headers.get("User-Agent", ""))
+    await store.off_loop(accounts.audit, user["username"], "login", user["username"], address)
     log.info("login: %s (%s) from %s", user["username"], user["role"], address)
     response = redirect(next_ or home_of(user["role"]))
     set_cookie(request, response, SESSION_COOKIE, token, max_age=int(SESSION_TTL))
@@ -92,8 +98,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
     token = request.get(REQ_SESSION)
     if token:
         username = request[REQ_USER]["username"]
-        request.app[APP_STORE].accounts.delete_session(token, actor=username,
-                                                       address=request.remote or "")
+        store = request.app[APP_STORE]
+        await store.off_loop(store.accounts.delete_session, token, actor=username,
+                             address=request.remote or "")
         log.info("logout: %s", username)
     response = redirect("/login")
     response.del_cookie(SESSION_COOKIE, path="/")

@@ -11,7 +11,8 @@
 
 Every POST carries the session's CSRF token (security.csrf_middleware) and is audited
 (actor, action, target, address) in the same transaction as the change. Each change
-that alters what a user may do ends their sessions (AccountStore); admins changing
+that alters what a user may do ends their sessions (AccountStore, one transaction run
+off the event loop by Store.off_loop); admins changing
 their own password keep the session they are using. Admins cannot disable themselves
 or change their own role here (they would lock themselves out mid-click); the CLI can.
 """
@@ -54,6 +55,12 @@ def _admin(request: web.Request) -> dict[str, Any]:
 
 def _accounts(request: web.Request) -> AccountStore:
     return request.app[APP_STORE].accounts
+
+
+async def _off_loop(request: web.Request, method: Callable[..., Any], *args: Any,
+                    **kwargs: Any) -> Any:
+    """An account change may wait for another process's write lock: not on the loop."""
+    return await request.app[APP_STORE].off_loop(method, *args, **kwargs)
 
 
 def _target(request: web.Request) -> dict[str, Any]:
@@ -140,9 +147,9 @@ async def set_password(request: web.Request) -> web.Response:
                      address: str) -> dict[str, Any] | None:
         password_hash = await hash_password_async(password)
         own = admin["username"] == target["username"]
-        accounts.set_password_hash(target["username"], password_hash, actor=admin["username"],
-                                   address=address,
-                                   keep_token=request.get(REQ_SESSION) if own else None)
+        await _off_loop(request, accounts.set_password_hash, target["username"], password_hash,
+                        actor=admin["username"], address=address,
+                        keep_token=request.get(REQ_SESSION) if own else None)
         return None
     return await _change(request, change)
 
@@ -155,7 +162,8 @@ async def set_role(request: web.Request) -> web.Response:
     async def change(accounts: AccountStore, admin: User, target: User,
                      address: str) -> dict[str, Any] | None:
         _not_self(admin, target, "修改")
-        accounts.set_role(target["username"], role, actor=admin["username"], address=address)
+        await _off_loop(request, accounts.set_role, target["username"], role,
+                        actor=admin["username"], address=address)
         if role == "agent" and not target["endpoints"]:
             return {"warning": "该坐席还没有分机，看不到任何通话；请为其设置分机。"}
         return None
@@ -170,8 +178,8 @@ async def set_endpoints(request: web.Request) -> web.Response:
 
     async def change(accounts: AccountStore, admin: User, target: User,
                      address: str) -> dict[str, Any] | None:
-        stored = accounts.set_endpoints(target["username"], endpoints, actor=admin["username"],
-                                        address=address)
+        stored = await _off_loop(request, accounts.set_endpoints, target["username"], endpoints,
+                                 actor=admin["username"], address=address)
         if target["role"] == "agent" and not stored:
             return {"warning": "该坐席没有分机，将看不到任何通话。"}
         return None
@@ -182,7 +190,8 @@ async def disable(request: web.Request) -> web.Response:
     async def change(accounts: AccountStore, admin: User, target: User,
                      address: str) -> dict[str, Any] | None:
         _not_self(admin, target, "停用")
-        accounts.set_disabled(target["username"], True, actor=admin["username"], address=address)
+        await _off_loop(request, accounts.set_disabled, target["username"], True,
+                        actor=admin["username"], address=address)
         return None
     return await _change(request, change)
 
@@ -190,7 +199,8 @@ async def disable(request: web.Request) -> web.Response:
 async def enable(request: web.Request) -> web.Response:
     async def change(accounts: AccountStore, admin: User, target: User,
                      address: str) -> dict[str, Any] | None:
-        accounts.set_disabled(target["username"], False, actor=admin["username"], address=address)
+        await _off_loop(request, accounts.set_disabled, target["username"], False,
+                        actor=admin["username"], address=address)
         return None
     return await _change(request, change)
 
@@ -198,8 +208,8 @@ async def enable(request: web.Request) -> web.Response:
 async def logout_everywhere(request: web.Request) -> web.Response:
     async def change(accounts: AccountStore, admin: User, target: User,
                      address: str) -> dict[str, Any] | None:
-        ended = accounts.delete_user_sessions(target["username"], actor=admin["username"],
-                                              address=address)
+        ended = await _off_loop(request, accounts.delete_user_sessions, target["username"],
+                                actor=admin["username"], address=address)
         return {"sessions_ended": ended}
     return await _change(request, change)
 

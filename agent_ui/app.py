@@ -14,6 +14,7 @@ Pages (Chinese UI, plain ES modules, no build step):
   GET  /qa/call/{call_id}/export.{json,vtt,csv}
   GET  /recordings/{call_id}    the call's recording (Range requests), from the DB path only
   GET  /users                   user management and the audit log (admin; agent_ui.views.users)
+  GET  /healthz, /metrics       monitoring, no login (agent_ui.views.health; /metrics from loopback)
 JSON: GET /api/me, /api/meta, /api/calls, /api/calls/{call_id}, /api/live;
       POST /api/cards/{card_id}/ack, /api/cards/{card_id}/feedback
 Websocket: GET /ws[?call=ID] (agent_ui.views.ws): stored events pushed as committed,
@@ -37,16 +38,19 @@ from agent_ui.auth import LoginRateLimiter
 from agent_ui.limits import body_deadline_middleware
 from agent_ui.security import (APP_CONFIG, APP_PLAYBOOK, APP_STORE, APP_TLS, add_security_headers,
                                csrf_middleware, session_middleware)
-from agent_ui.views import agent, api, login, qa, supervisor, users, ws
+from agent_ui.views import agent, api, health, login, qa, supervisor, users, ws
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
-def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None) -> web.Application:
+def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None,
+               service_health: Any = None) -> web.Application:
     """`config`: callassist.config.Config; `store`: agent_ui.store.Store; `bus`:
     callassist.bus.EventBus or None; `playbook`: prompts.playbook.Playbook (default: the
-    shipped playbook), for category names and script adherence."""
+    shipped playbook), for category names and script adherence; `service_health`:
+    callassist.health.ServiceHealth (serve passes its engine and ARI app; default: the
+    store only)."""
     if playbook is None:
         from prompts.playbook import load_playbook
         playbook = load_playbook()
@@ -61,6 +65,10 @@ def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None) -
     app.on_response_prepare.append(add_security_headers)
     for module in (login, agent, supervisor, qa, api, users, ws):
         module.setup(app)
+    if service_health is None:
+        from callassist.health import ServiceHealth
+        service_health = ServiceHealth(store)
+    health.setup(app, service_health, bus)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
     if bus is not None:
         app.cleanup_ctx.append(_recorder(store, bus))

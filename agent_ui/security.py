@@ -25,7 +25,9 @@ SESSION_COOKIE = "ca_session"
 LOGIN_CSRF_COOKIE = "ca_login_csrf"     # double-submit token of the login form (no session yet)
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-PUBLIC_PATHS = frozenset({"/login", "/favicon.ico"})
+# /healthz and /metrics: for monitoring, which has no session (agent_ui.views.health:
+# /metrics is further limited to loopback unless [web] metrics_remote)
+PUBLIC_PATHS = frozenset({"/login", "/favicon.ico", "/healthz", "/metrics"})
 PUBLIC_PREFIXES = ("/static/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SERVER_NAME = "callassist"              # the Server header: no product versions to look up

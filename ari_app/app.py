@@ -29,9 +29,9 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ari_app.calls import (STASIS_START_WAIT, Call, InterruptedCall, LegMedia, LegTap, PipelineLike,
                            StasisWaiter, TapAborted, TapFailed, Tapper, UtteranceShift)
@@ -48,6 +48,21 @@ log = logging.getLogger(__name__)
 
 CONTINUE_DEADLINE = 3.0     # the caller waits at most this long for the customer tap
 PipelineFactory = Callable[[str], PipelineLike]
+ConnectionState = Literal["connecting", "connected", "unauthorized", "unreachable", "error"]
+
+
+@dataclass
+class AriConnection:
+    """Where the events websocket stands, for /healthz, /metrics and the supervisor board."""
+    state: ConnectionState = "connecting"
+    detail: str = ""                     # the last failure, as logged
+    since: float = field(default_factory=time.time)
+    reconnects: int = 0                  # connections made again after the first
+
+    def set(self, state: ConnectionState, detail: str = "") -> None:
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.detail = state, detail
 
 
 @dataclass
@@ -88,6 +103,7 @@ class AriApp:
         self._resumable = {c.call_id: c for c in resumable}   # decided at the first resync
         self.resumed: set[str] = set()            # ids of the calls tapped again
         self.disconnects = 0
+        self.connection = AriConnection()
         self.last_resync: ResyncReport | None = None
         self._tasks: set[asyncio.Task] = set()
         self._supervisor: asyncio.Task | None = None
@@ -167,6 +183,9 @@ class AriApp:
 
     # -- supervisor ----------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
+        # Jitter (x0.8-1.2) spreads many instances' retries, but never above the ceiling:
+        # [ari] reconnect_max_delay bounds how long a returning Asterisk goes unheard, and
+        # every second of it is a second of calls nobody taps (the default is 5 s).
         cfg = self.config.ari
         base = min(cfg.reconnect_max_delay, cfg.reconnect_initial_delay * 2 ** max(attempt - 1, 0))
         return min(cfg.reconnect_max_delay, base * random.uniform(0.8, 1.2))
@@ -181,11 +200,17 @@ class AriApp:
                 attempt += 1
                 delay = self._backoff(attempt)
                 if exc.status == 401:
+                    self.connection.set("unauthorized", f"Asterisk refused user "
+                                        f"{self.config.ari.username!r} (401 wrong username/password)")
                     log.error("ARI refused user %r (401): check [ari] username/password; "
                               "retrying in %.2f s", self.config.ari.username, delay)
                 else:
-                    log.warning("ARI events: cannot connect to %s (%s); retrying in %.2f s",
-                                self.ari.events_url, exc, delay)
+                    self.connection.set("unreachable" if exc.status == 0 else "error",
+                                        f"cannot connect to {self.ari.events_url}: {exc}")
+                    log.warning("ARI events: cannot connect to %s (%s%s); retrying in %.2f s",
+                                self.ari.events_url, exc,
+                                ": is Asterisk running, is [ari] url right?" if exc.status == 0 else "",
+                                delay)
                 await asyncio.sleep(delay)
                 continue
             log.info("ARI events: connected to %s as app %r%s", self.ari.events_url, self.app_name,
@@ -193,8 +218,11 @@ class AriApp:
             periodic: asyncio.Task | None = None
             try:
                 await self.resync("start-up" if first else "reconnect")
+                if not first:
+                    self.connection.reconnects += 1
                 first = False
                 attempt = 0
+                self.connection.set("connected")
                 self._ready.set()
                 periodic = asyncio.create_task(self._periodic_resync(), name="ari-resync")
                 await self._consume(socket)
@@ -208,6 +236,7 @@ class AriApp:
                     periodic.cancel()
                 await socket.close()
             self.disconnects += 1
+            self.connection.set("connecting", "events websocket lost; reconnecting")
             attempt += 1
             delay = self._backoff(attempt)
             log.warning("ARI events: reconnecting in %.2f s (%d call(s) tracked)", delay, len(self.calls))

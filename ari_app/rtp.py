@@ -24,8 +24,9 @@ import asyncio
 import logging
 import socket
 import struct
+import weakref
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -137,6 +138,38 @@ class RtpStats:
     stalls: int = 0          # times the stream went quiet for stall_timeout
 
 
+class RtpTotals:
+    """The counters of every stream this process opened, open or closed (for /metrics):
+    the open streams are summed when asked, a closed one's counts are kept once."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakSet[RtpStream] = weakref.WeakSet()
+        self._closed = dict.fromkeys((f.name for f in fields(RtpStats)), 0)
+
+    def track(self, stream: RtpStream) -> None:
+        self._open.add(stream)
+
+    def retire(self, stream: RtpStream) -> None:
+        if stream in self._open:
+            self._open.discard(stream)
+            for name, value in _stats_items(stream.stats):
+                self._closed[name] += value
+
+    def snapshot(self) -> RtpStats:
+        counts = dict(self._closed)
+        for stream in list(self._open):
+            for name, value in _stats_items(stream.stats):
+                counts[name] += value
+        return RtpStats(**counts)
+
+
+def _stats_items(stats: RtpStats) -> list[tuple[str, int]]:
+    return [(f.name, getattr(stats, f.name)) for f in fields(RtpStats)]
+
+
+RTP_TOTALS = RtpTotals()
+
+
 class RtpStream(asyncio.DatagramProtocol):
     """One leg's externalMedia RTP port. Create with `await RtpStream.bind(host, port)`
     (or through ari_app.ports.PortPool); read with `async for pcm in stream.frames()`."""
@@ -175,6 +208,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self._flowing_event = asyncio.Event()
         self._close_callbacks: list[Callable[[RtpStream], None]] = []
         self._socket_closed = asyncio.Event()
+        RTP_TOTALS.track(self)
 
     # -- opening and closing ------------------------------------------------------------
 
@@ -215,6 +249,12 @@ class RtpStream(asyncio.DatagramProtocol):
             return
         self._deliver(self._jitter.flush())          # packets held behind a gap still count
         self._state = "closed"
+        RTP_TOTALS.retire(self)
+        stats = self.stats
+        if stats.lost_filled or stats.late or stats.overflow:
+            log.info("RTP %s: closed after %d packet(s): %d lost (filled with silence), %d late, "
+                     "%d frame(s) dropped on overflow", self._label, stats.received, stats.lost_filled,
+                     stats.late, stats.overflow)
         for timer in (self._stall_timer, self._jitter_timer):
             if timer:
                 timer.cancel()

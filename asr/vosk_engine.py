@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
+from asr.engine import DecodeMeter, ModelNotFoundError, RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
 from asr.models import VOSK_INSTALL_HINT, require_model
 from asr.vad import VALID_RATES, SpeechDetector
@@ -68,7 +68,7 @@ class VoskEngine(SpeechEngine):
         recognizer.SetWords(True)
         if hasattr(recognizer, "SetPartialWords"):  # vosk >= 0.3.42
             recognizer.SetPartialWords(True)
-        stream = VoskStream(recognizer, sample_rate, self._pool, self.endpoint_silence_ms)
+        stream = VoskStream(recognizer, sample_rate, self._pool, self.endpoint_silence_ms, self.meter)
         stream.label = label  # for logs
         return stream
 
@@ -90,8 +90,9 @@ class VoskStream(RecognizerStream):
     label = ""  # names the stream in logs, e.g. "customer"
 
     def __init__(self, recognizer, sample_rate: int, pool: ThreadPoolExecutor,
-                 endpoint_silence_ms: int = 800) -> None:
+                 endpoint_silence_ms: int = 800, meter: DecodeMeter | None = None) -> None:
         self.sample_rate = sample_rate
+        self._meter = meter or DecodeMeter()
         self._recognizer = recognizer
         self._pool = pool
         # VAD state is only touched inside the (serialised) decode calls in the pool.
@@ -119,11 +120,16 @@ class VoskStream(RecognizerStream):
             self._odd_byte = b""
         if not pcm:
             return []
+        seconds = len(pcm) / 2 / self.sample_rate
+        with self._meter.pending(seconds):
+            return await self._feed(pcm, seconds)
+
+    async def _feed(self, pcm: bytes, seconds: float) -> list[SpeechEvent]:
         async with self._lock:
             recognizer = self._live_recognizer()
             loop = asyncio.get_running_loop()
-            is_final, payload = await loop.run_in_executor(self._pool, self._decode, recognizer, pcm,
-                                                           bool(self._last_partial))
+            is_final, payload = await loop.run_in_executor(self._pool, self._meter.timed, seconds, self._decode,
+                                                           recognizer, pcm, bool(self._last_partial))
             self._samples += len(pcm) // 2
             result = json.loads(payload)
             if is_final:

@@ -240,15 +240,16 @@ class WhisperStream(RecognizerStream):
             pcm, self._odd_byte = pcm[:-1], pcm[-1:]
         else:
             self._odd_byte = b""
-        async with self._lock:
-            if self._closed:
-                raise RuntimeError("stream is closed")
-            if not pcm:
-                return []
-            self._audio += pcm
-            events = await self._handle(self._segmenter.push(pcm))
-            self._trim()
-            return events
+        with self._engine.meter.pending(len(pcm) / 2 / self.sample_rate):
+            async with self._lock:
+                if self._closed:
+                    raise RuntimeError("stream is closed")
+                if not pcm:
+                    return []
+                self._audio += pcm
+                events = await self._handle(self._segmenter.push(pcm))
+                self._trim()
+                return events
 
     async def finish(self) -> list[SpeechEvent]:
         """Transcribe the utterance in progress, if any. The stream stays usable."""
@@ -278,7 +279,8 @@ class WhisperStream(RecognizerStream):
         if len(segment) < self.sample_rate // 10 * 2:  # < 100 ms: nothing Whisper can use
             return []
         audio = to_whisper_audio(segment, self.sample_rate)
-        pieces = await self._engine._run(self._engine.transcribe_segment, audio)
+        pieces = await self._engine._run(self._engine.meter.timed, len(segment) / 2 / self.sample_rate,
+                                         self._engine.transcribe_segment, audio)
         if not pieces:
             return []
         offset, limit = start / self.sample_rate, end.sample / self.sample_rate

@@ -133,6 +133,7 @@ class WebConfig:
     request_timeout: float = _checked(_between(0.1, 3600))
     websocket_heartbeat: float = _checked(_between(0.1, 300))
     websockets_per_user: int = _checked(_between(1, 1000))
+    metrics_remote: bool = False
 
 
 @dataclass(frozen=True)

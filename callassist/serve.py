@@ -98,7 +98,8 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     data_dir = config.data_dir.resolve() / ("demo" if demo else "")
     config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, data_dir=str(data_dir)))
     store = open_store(config)
-    print(f"callassist: data directory {data_dir} ({DATA_DIR_SETTING})", flush=True)
+    where = f"the demo's own, inside {DATA_DIR_SETTING}" if demo else DATA_DIR_SETTING
+    print(f"callassist: data directory {data_dir} ({where})", flush=True)
     # what the last run left: with Asterisk, its calls still up are tapped again
     recovery = StartupRecovery(store)
     resumable = recovery.resumable() if config.ari.url and not demo else []
@@ -110,7 +111,9 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     engine = _live_engine(config)
     recordings_dir = store.recordings_dir
 
-    runner = make_runner(create_app(config, store, bus, playbook), access_log=None)
+    from callassist.health import ServiceHealth
+    health = ServiceHealth(store, engine, ari_url="" if demo else config.ari.url)
+    runner = make_runner(create_app(config, store, bus, playbook, health), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.web.host, config.web.port, ssl_context=_ssl_context(config))
     try:
@@ -144,10 +147,15 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     elif config.ari.url:
         from ari_app.app import AriApp
         ari = AriApp.from_config(config, bus, engine, matcher, recordings_dir, resumable=resumable)
+        health.ari = ari
+        # Not "on Asterisk" yet: the supervisor logs "ARI events: connected" or why it cannot
+        # (401 wrong username/password, connection refused), and /healthz says the same.
+        print(f"callassist: ARI application '{config.ari.app}': connecting to Asterisk at "
+              f"{config.ari.url} (the log says when it is connected, or why not; "
+              f"GET /healthz tells monitoring)", flush=True)
         await ari.start()
         if resumable:
             tasks.append(asyncio.create_task(recovery.close_out_after_resume(ari), name="crash-recovery"))
-        print(f"callassist: ARI application '{config.ari.app}' on {config.ari.url}", flush=True)
     else:
         print("callassist: no Asterisk configured ([ari] url); run `callassist demo` for a demo call",
               flush=True)

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
-from agent_ui.security import SESSION_COOKIE
+from agent_ui.security import PUBLIC_PATHS, SESSION_COOKIE
 from callassist.bus import EventBus
 from callassist.events import CallEnded, CallStarted, TranscriptUpdate
 from web_fixtures import (PASSWORD, client_session, http_login, make_config, make_store,
@@ -66,7 +66,8 @@ async def test_every_route_without_a_session_is_refused(site):
         for route in app.router.routes():
             info = route.resource.get_info() if route.resource else {}
             path = info.get("path") or info.get("formatter") or info.get("prefix")
-            if route.method == "HEAD" or path in ("/login",) or path.startswith("/static"):
+            # the public paths: the login page, and monitoring (tests/test_health.py)
+            if route.method == "HEAD" or path in PUBLIC_PATHS or path.startswith("/static"):
                 continue
             url = site.url + concrete(path, site)
             async with http.request(route.method, url, allow_redirects=False,

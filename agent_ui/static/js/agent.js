@@ -3,6 +3,7 @@
 
 import { CallView, setServerTime } from './live.js';
 import { LiveSocket } from './socket.js';
+import { watchHealth } from './health.js';
 
 const MAX_ENDED_SHOWN = 1;      // an ended call stays on screen until the next one ends
 
@@ -48,3 +49,11 @@ const socket = new LiveSocket({
 }).start();
 
 window.callassist = { socket, views };      // for tests and the benchmark
+
+// a quiet line above the calls when assist is degraded or cut off from Asterisk
+const healthNotice = document.createElement('p');
+healthNotice.className = 'health-notice';
+healthNotice.setAttribute('role', 'status');
+healthNotice.hidden = true;
+screen.prepend(healthNotice);
+watchHealth(healthNotice);

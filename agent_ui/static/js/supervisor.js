@@ -8,6 +8,7 @@
 import { RISKS, beep, clock, el, getJSON } from './common.js';
 import { CallView, serverNow, setServerTime } from './live.js';
 import { LiveSocket } from './socket.js';
+import { watchHealth } from './health.js';
 
 const RISK_ORDER = { critical: 2, warning: 1, normal: 0 };
 const REFRESH_AFTER = ['CallStarted', 'AgentJoined', 'CardFired', 'CardConfirmed', 'CardWithdrawn', 'CallEnded'];
@@ -185,3 +186,5 @@ const socket = new LiveSocket({
 }).start();
 
 window.callassist = { socket, calls, refresh };
+
+watchHealth(document.getElementById('health-banner'));

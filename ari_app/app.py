@@ -1,11 +1,14 @@
-"""The ARI application: taps each customer call and its agent leg, feeds the speech
-pipeline and the recorder, and keeps Asterisk free of anything it left behind.
+"""The ARI application: the telephony side of live calls. It taps each customer call and
+its agent leg, moves their RTP audio into the call's CallSession (callassist.session, as
+the demo does: the session records, recognises and announces the call), and keeps
+Asterisk free of anything it left behind.
 
-    customer StasisStart -> subscribe channel:{id} -> tap customer (snoop spy=in ...)
+    customer StasisStart -> CallSession -> CallStarted -> subscribe channel:{id}
+                         -> tap customer (snoop spy=in ...)
                          -> continue (the dialplan goes on: Queue/Dial as before)
-    Dial ANSWER (peer)   -> AgentJoined -> tap the agent channel the same way
+    Dial ANSWER (peer)   -> session: AgentJoined -> tap the agent channel the same way
     hangup               -> delete externalMedia channels and bridges, close RTP,
-                            finish the pipeline, close the recording -> CallEnded
+                            session.end(): finish the pipeline, close the recording, CallEnded
 
 A supervisor keeps the events websocket up: on a drop it reconnects with exponential
 backoff and jitter, then resynchronises from GET /channels and /bridges (calls whose
@@ -33,21 +36,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ari_app.calls import (STASIS_START_WAIT, Call, InterruptedCall, LegMedia, LegTap, PipelineLike,
-                           StasisWaiter, TapAborted, TapFailed, Tapper, UtteranceShift)
+from ari_app.calls import (STASIS_START_WAIT, Call, InterruptedCall, LegMedia, LegTap, StasisWaiter,
+                           TapAborted, TapFailed, Tapper, UtteranceShift)
 from ari_app.client import AriClient, AriDisconnected, AriError, AriNotFound, EventSocket
 from ari_app.models import AriEvent, Bridge, Channel, OwnIds
 from ari_app.ports import PortPool
 from ari_app.recorder import CallRecorder, partial_path, recording_name
 from callassist.bus import EventBus
 from callassist.config import Config
-from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted, CardFired,
-                               Speaker)
+from callassist.events import CallEvent, CallFault, CardFired, Speaker
+from callassist.session import CallSession, SessionPipeline
 
 log = logging.getLogger(__name__)
 
 CONTINUE_DEADLINE = 3.0     # the caller waits at most this long for the customer tap
-PipelineFactory = Callable[[str], PipelineLike]
+PipelineFactory = Callable[[str], SessionPipeline]
 ConnectionState = Literal["connecting", "connected", "unauthorized", "unreachable", "error"]
 
 
@@ -117,7 +120,7 @@ class AriApp:
         """The production wiring: one CallPipeline per call on the shared engine and matcher."""
         from callassist.pipeline import CallPipeline
 
-        def pipeline(call_id: str) -> PipelineLike:
+        def pipeline(call_id: str) -> SessionPipeline:
             return CallPipeline(call_id, engine, matcher, app.publisher_for(call_id))
         app = cls(config, bus, pipeline, recordings_dir, **kwargs)
         return app
@@ -132,7 +135,8 @@ class AriApp:
 
     def open_recordings(self) -> set[Path]:
         """The files the calls' recorders are writing (crash recovery must not touch them)."""
-        return {call.recorder.live_path for call in self.calls.values() if call.recorder is not None}
+        return {call.session.recorder.live_path for call in self.calls.values()
+                if call.session is not None and isinstance(call.session.recorder, CallRecorder)}
 
     def release_resumable(self) -> set[str]:
         """Give up tapping the previous run's calls again (Asterisk did not answer in
@@ -291,6 +295,9 @@ class AriApp:
         loop = asyncio.get_running_loop()
         call = Call(call_id=channel.id, customer_id=channel.id, caller=channel.caller.number,
                     started=loop.time())
+        # the session exists as soon as the call is tracked (an early Dial finds it);
+        # _open_call gives it its recorder and pipeline
+        call.session = CallSession(call.call_id, None, self._publish)
         self.calls[call.call_id] = call
         leg = self.tapper.new_leg("customer", channel.id)
         call.legs["customer"] = leg         # reserved at once: a resync must not tap it twice
@@ -333,12 +340,13 @@ class AriApp:
 
     # -- a call's life -------------------------------------------------------------------------------
     async def _open_call(self, call: Call, leg: LegTap) -> None:
-        recording_problem = self._open_recorder(call)     # first: CallStarted links its file
-        self._publish(CallStarted(call.call_id, caller=call.caller, source="ari",
-                                  recording=str(call.recording) if call.recording else None))
+        session = call.session
+        assert session is not None
+        session.recorder, recording_problem = self._open_recorder(call)   # first: CallStarted links it
+        session.start(caller=call.caller, source="ari")
         if recording_problem:
             self._publish(CallFault(call.call_id, recording_problem))
-        self._open_pipeline(call)
+        session.pipeline = self._open_pipeline(call)
         try:
             await self.ari.subscribe(f"channel:{call.customer_id}")
         except AriError as exc:   # without it we learn of the hangup from the snoop's end
@@ -361,27 +369,27 @@ class AriApp:
         except AriError as exc:
             log.warning("call %s: continue failed: %s", channel_id, exc)
 
-    def _open_pipeline(self, call: Call) -> None:
-        if self.pipeline_factory is not None:
-            try:
-                call.pipeline = self.pipeline_factory(call.call_id)
-            except Exception as exc:
-                log.exception("call %s: no speech pipeline", call.call_id)
-                self._publish(CallFault(call.call_id, f"speech pipeline not started: {exc}"))
-
-    def _open_recorder(self, call: Call) -> str | None:
-        """Start the call's recording; returns the problem if it could not be started."""
-        if not self.config.recording.enabled or self.recordings_dir is None:
+    def _open_pipeline(self, call: Call) -> SessionPipeline | None:
+        if self.pipeline_factory is None:
             return None
+        try:
+            return self.pipeline_factory(call.call_id)
+        except Exception as exc:
+            log.exception("call %s: no speech pipeline", call.call_id)
+            self._publish(CallFault(call.call_id, f"speech pipeline not started: {exc}"))
+            return None
+
+    def _open_recorder(self, call: Call) -> tuple[CallRecorder | None, str | None]:
+        """Start the call's recording; returns it, or the problem if it could not be started."""
+        if not self.config.recording.enabled or self.recordings_dir is None:
+            return None, None
         fmt = self.config.recording.format
         path = self.recordings_dir / recording_name(call.call_id, fmt)
         try:
-            call.recorder = CallRecorder(path, 16000, fmt)
-            call.recording = path
+            return CallRecorder(path, 16000, fmt), None
         except (OSError, ValueError) as exc:
             log.error("call %s: not recording: %s", call.call_id, exc)
-            return f"recording not started: {exc}"
-        return None
+            return None, f"recording not started: {exc}"
 
     def _start_leg(self, call: Call, leg: LegTap) -> asyncio.Task:
         """Set the leg's tap up in a task; on success start its media pump and stall watch."""
@@ -449,7 +457,8 @@ class AriApp:
             return
         call.agent_id, call.agent_endpoint = agent.id, agent.endpoint
         log.info("call %s: agent %s answered (%s)", call.call_id, agent.endpoint, agent.id)
-        self._publish(AgentJoined(call.call_id, agent.endpoint))
+        if call.session is not None:
+            call.session.agent_joined(agent.endpoint)
         self._spawn_for(call, self._subscribe_quietly(call, agent.id))
         self._retap(call, "agent", agent.id)
 
@@ -485,19 +494,8 @@ class AriApp:
                 task.cancel()
             if others:
                 await asyncio.wait(others)
-            if call.pipeline is not None:
-                try:
-                    await call.pipeline.finish()
-                except Exception:
-                    log.exception("call %s: pipeline finish failed", call.call_id)
-            recording = None
-            if call.recorder is not None:
-                try:
-                    await call.recorder.aclose()
-                    recording = str(call.recording)
-                except (OSError, RuntimeError, ValueError) as exc:
-                    log.error("call %s: recording not finished: %s", call.call_id, exc)
-            self._publish(CallEnded(call.call_id, duration=round(duration, 3), recording=recording))
+            if call.session is not None:     # flushes, closes the recording, CallEnded
+                await call.session.end(duration=duration)
         finally:
             self.calls.pop(call.call_id, None)
             call.ended.set()
@@ -517,11 +515,12 @@ class AriApp:
         call.legs["customer"] = leg          # reserved at once: the sweep must not take it
         log.warning("call %s: still up after callassist restarted (%.1f s into the call); "
                     "tapping it again", call.call_id, elapsed)
-        # recorder and pipeline first, so that no leg's first frame can come before them
-        heard_until, recording_note = self._continue_recording(call, interrupted)
+        # the session first, so that no leg's first frame can come before it; no CallStarted:
+        # the previous run announced the call
+        recorder, heard_until, recording_note = self._continue_recording(call, interrupted)
         if heard_until is None and interrupted.last_event_at is not None:
             heard_until = max(0.0, interrupted.last_event_at - interrupted.started_at)
-        self._open_pipeline(call)
+        call.session = CallSession(call.call_id, self._open_pipeline(call), self._publish, recorder)
         self._spawn_for(call, self._reopen_call(call, leg, customer.in_stasis_app(self.app_name),
                                                 heard_until, recording_note))
         if (agent := self._find_agent(call, channels, bridges)) is not None:
@@ -545,11 +544,12 @@ class AriApp:
             if not call.closing:
                 await self._continue(call.customer_id)
 
-    def _continue_recording(self, call: Call, interrupted: InterruptedCall) -> tuple[float | None, str]:
+    def _continue_recording(self, call: Call, interrupted: InterruptedCall
+                            ) -> tuple[CallRecorder | None, float | None, str]:
         """Reopen the call's recording to write on (silence fills the gap). Returns the
-        seconds it already held (None if unknown) and a note for the call's fault."""
+        recorder, the seconds it already held (None if unknown) and a note for the call's fault."""
         if not self.config.recording.enabled or self.recordings_dir is None:
-            return None, ""
+            return None, None, ""
         path = interrupted.recording
         if path is None:
             for fmt in ("wav", "flac"):
@@ -560,9 +560,8 @@ class AriApp:
         if path is not None:
             fmt = "flac" if path.suffix.lower() == ".flac" else "wav"
             try:
-                call.recorder = CallRecorder.resume(path, 16000, fmt)
-                call.recording = path
-                return call.recorder.duration, ""
+                recorder = CallRecorder.resume(path, 16000, fmt)
+                return recorder, recorder.duration, ""
             except (OSError, ValueError) as exc:
                 log.error("call %s: cannot continue recording %s: %s", call.call_id, path, exc)
                 problem = f"; recording {path.name} could not be continued ({exc})"
@@ -574,12 +573,11 @@ class AriApp:
             if not target.exists() and not partial_path(target).exists():
                 break
         try:
-            call.recorder = CallRecorder(target, 16000, fmt)
-            call.recording = target
+            recorder = CallRecorder(target, 16000, fmt)
         except (OSError, ValueError) as exc:
             log.error("call %s: not recording: %s", call.call_id, exc)
-            return None, f"{problem}; not recording: {exc}"
-        return None, f"{problem}; the rest is recorded in {target.name}"
+            return None, None, f"{problem}; not recording: {exc}"
+        return recorder, None, f"{problem}; the rest is recorded in {target.name}"
 
     # -- resynchronisation and sweep -------------------------------------------------------------
     async def resync(self, reason: str = "manual") -> ResyncReport:

@@ -24,30 +24,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from ari_app.client import AriClient, AriError, AriNotFound
 from ari_app.models import Bridge, Channel, OwnIds
 from ari_app.ports import PortPool
-from ari_app.recorder import CallRecorder
 from ari_app.rtp import RtpStream
 from callassist.events import CallEvent, CallFault, CardFired, Speaker, TranscriptUpdate
+from callassist.session import CallSession
 
 log = logging.getLogger(__name__)
 
 RATE = 16000
 STASIS_START_WAIT = 2.0          # normally 1-8 ms; past this, try addChannel anyway
 ADD_CHANNEL_RETRIES = 20         # on 422 "Channel not in Stasis application", 50 ms apart
-ZERO_CHUNK = RATE * 10           # silence fed to a pipeline in chunks of 10 s
 DRAIN_TIMEOUT = 1.0              # a closing leg's queued frames get this long to be consumed
-
-
-class PipelineLike(Protocol):
-    """What the app needs of callassist.pipeline.CallPipeline."""
-
-    def submit(self, speaker: Speaker, pcm: bytes) -> None: ...
-
-    async def finish(self) -> None: ...
 
 
 class TapAborted(Exception):
@@ -122,14 +112,11 @@ class Call:
     started: float                   # loop time of the customer's StasisStart: t=0 of the call
     started_at: float = field(default_factory=time.time)
     utterance_base: int = 0          # > 0: resumed after a restart (see UtteranceShift)
-    pipeline: PipelineLike | None = None
-    recorder: CallRecorder | None = None
-    recording: Path | None = None
+    session: CallSession | None = None   # recording, recognition, CallStarted/AgentJoined/CallEnded
     legs: dict[Speaker, LegTap] = field(default_factory=dict)
     retiring: list[LegTap] = field(default_factory=list)   # being torn down
     agent_id: str | None = None
     agent_endpoint: str | None = None
-    fed: dict[Speaker, int] = field(default_factory=dict)  # pipeline: samples fed per speaker
     cue_ids: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)
     closing: bool = False
@@ -317,8 +304,8 @@ class Tapper:
 
 
 class LegMedia:
-    """Moves one leg's frames to the recorder and the pipeline, on the call's timeline,
-    and reports the leg's RTP stalling."""
+    """Moves one leg's frames to the call's session at their place on the call's clock
+    (which only the telephony side knows: stalls, re-taps), and reports RTP stalling."""
 
     def __init__(self, call: Call, leg: LegTap, publish: Callable[[CallEvent], None]) -> None:
         self.call = call
@@ -334,7 +321,6 @@ class LegMedia:
             if leg.offset is None:
                 leg.offset = max(now_sample, 0) / RATE
                 leg.next_sample = max(now_sample, 0)
-                await self._start_pipeline_leg(leg.next_sample)
             elif leg.stream.stats.stalls > leg.stalls_seen and now_sample > leg.next_sample:
                 # after a stall the sender's clock ran on without us: skip the gap
                 leg.next_sample = now_sample
@@ -342,48 +328,8 @@ class LegMedia:
             at = leg.next_sample
             leg.next_sample += len(pcm) // 2
             leg.frames += 1
-            if call.recorder is not None:
-                try:
-                    call.recorder.write(leg.speaker, pcm, at)
-                except (OSError, ValueError, RuntimeError) as exc:
-                    log.error("call %s: recording stopped: %s", call.call_id, exc)
-                    call.recorder = None
-                    self.publish(CallFault(call.call_id, f"recording stopped: {exc}"))
-            if call.pipeline is not None:
-                await self._feed(at, pcm)
-
-    async def _start_pipeline_leg(self, at: int) -> None:
-        call, speaker = self.call, self.leg.speaker
-        if call.pipeline is None:
-            return
-        if speaker not in call.fed:          # the speaker's first leg: place it on the timeline
-            start_leg = getattr(call.pipeline, "start_leg", None)
-            if start_leg is not None:
-                start_leg(speaker, at / RATE)
-            call.fed[speaker] = at
-
-    async def _feed(self, at: int, pcm: bytes) -> None:
-        """Feed the pipeline so that its clock for this speaker stays the call's clock."""
-        call, speaker = self.call, self.leg.speaker
-        assert call.pipeline is not None
-        fed = call.fed.get(speaker, at)
-        try:
-            while fed < at:                  # a later leg of the same speaker, or a stall
-                chunk = min(at - fed, ZERO_CHUNK)
-                call.pipeline.submit(speaker, bytes(2 * chunk))
-                fed += chunk
-            skip = min(fed - at, len(pcm) // 2)
-            if skip > 0:                     # overlap (a re-tapped leg): drop what was covered
-                pcm = pcm[2 * skip:]
-            if pcm:
-                call.pipeline.submit(speaker, pcm)   # queued: the pump never waits on a decoder
-                fed += len(pcm) // 2
-        except Exception as exc:             # the recogniser failed: keep recording
-            log.exception("call %s: pipeline failed on %s audio", call.call_id, speaker)
-            call.pipeline = None
-            self.publish(CallFault(call.call_id, f"speech pipeline failed: {exc}"))
-            return
-        call.fed[speaker] = fed
+            if call.session is not None:
+                call.session.place(leg.speaker, pcm, at)
 
     async def watch_stalls(self) -> None:
         stream = self.leg.stream

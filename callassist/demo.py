@@ -59,7 +59,8 @@ def demo_call_audio() -> np.ndarray:
 
 
 async def play_call(audio: np.ndarray, session: CallSession, *, realtime: bool = True) -> None:
-    """Feed both legs 20 ms at a time, as snoop channels deliver them."""
+    """Feed both legs 20 ms at a time, as snoop channels deliver them (the ARI app hands
+    its legs' audio to the same CallSession)."""
     loop = asyncio.get_running_loop()
     step = FRAME_BYTES // 2
     began = loop.time()

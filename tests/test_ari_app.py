@@ -483,10 +483,12 @@ class _RecordingPipeline:
 
 async def test_a_later_leg_of_the_same_speaker_keeps_the_pipeline_on_the_call_clock():
     from ari_app.calls import Call, LegMedia, LegTap
+    from callassist.session import CallSession
 
     loop = asyncio.get_running_loop()
     pipeline = _RecordingPipeline()
-    call = Call("c1", "c1", "", started=loop.time() - 2.0, pipeline=pipeline)   # 2 s into the call
+    call = Call("c1", "c1", "", started=loop.time() - 2.0,                       # 2 s into the call
+                session=CallSession("c1", pipeline, lambda e: None))  # type: ignore[arg-type]
     frame = np.full(320, 1000, np.int16).tobytes()
     first = LegTap("agent", "a1", "s1", "e1", "b1", stream=_FakeStream([frame] * 10))  # type: ignore[arg-type]
     await LegMedia(call, first, lambda e: None).pump()
@@ -498,7 +500,52 @@ async def test_a_later_leg_of_the_same_speaker_keeps_the_pipeline_on_the_call_cl
     await LegMedia(call, second, lambda e: None).pump()
     fed = np.frombuffer(bytes(pipeline.fed["agent"]), np.int16)
     assert pipeline.starts["agent"] == pytest.approx(1.98, abs=0.05)     # placed once only
-    assert call.fed["agent"] == round(pipeline.starts["agent"] * 16000) + len(fed)
+    assert call.session is not None and call.session.fed["agent"] == round(pipeline.starts["agent"] * 16000) + len(fed)
     gap = fed[10 * 320:-5 * 320]
     assert len(gap) / 16000 == pytest.approx(3.0 - 0.2, abs=0.05) and not gap.any()
     assert second.offset == pytest.approx(second.next_sample / 16000 - 0.1, abs=0.01)
+
+
+# -- one call path --------------------------------------------------------------------------------------
+
+async def test_a_live_call_is_one_call_session_with_one_call_ended(peer, harness, monkeypatch):
+    """The ARI app keeps the telephony; the call itself (recording, recognition, CallStarted,
+    AgentJoined, CallEnded) is the same CallSession the demo drives."""
+    from callassist.session import CallSession
+
+    announced: list[tuple[str, str]] = []      # (method, call id) of every session announcement
+    for name in ("start", "agent_joined", "end"):
+        original = getattr(CallSession, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            announced.append((_name, self.call_id))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(CallSession, name, spy)
+
+    h = await harness()
+    call = peer.start_call(CUSTOMER_WAV, AGENT_WAV, answer_after=0.2)
+    call_id = call.customer.id
+    await h.wait_tapped(call_id)
+    session = h.app.calls[call_id].session
+    assert isinstance(session, CallSession)
+    started = await h.wait_for(CallStarted)
+    assert session.recorder is not None and started.recording == str(session.recorder.path)
+    await h.wait_for(TranscriptUpdate, lambda e: e.speaker == "customer" and e.final)
+    await peer.hangup(call)
+    await h.app.resync("manual")               # a second way to close the call, racing the hangup
+    await h.wait_for(CallEnded)
+    await h.stop()                             # and a third
+    assert [e.call_id for e in h.of(CallEnded)] == [call_id]
+    assert announced == [("start", call_id), ("agent_joined", call_id), ("end", call_id)]
+
+
+def test_the_ari_app_announces_calls_only_through_the_session():
+    """No module of the ARI app builds CallStarted, AgentJoined or CallEnded itself."""
+    import ast
+
+    for path in sorted((ROOT / "ari_app").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        names |= {alias.asname or alias.name for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) for alias in node.names}
+        assert not names & {"CallStarted", "AgentJoined", "CallEnded"}, path.name

@@ -39,14 +39,16 @@ class ImportedCall:
     categories: tuple[str, ...]
     recording: Path
     already: bool = False          # the archive already had this recording
+    warning: str = ""              # imported, but the file was damaged (a truncated WAV)
 
     def line(self) -> str:
         if self.already:
             return f"{self.path}: already in the archive as {self.call_id}"
         cards = f"{len(self.categories)} cards" + (f" ({', '.join(self.categories)})"
                                                    if self.categories else "")
+        warning = f"; warning: {self.warning}" if self.warning else ""
         return (f"{self.path}: imported as {self.call_id} ({self.duration:.1f} s, "
-                f"{self.utterances} utterances, {cards})")
+                f"{self.utterances} utterances, {cards}){warning}")
 
 
 def content_call_id(path: Path) -> str:
@@ -99,6 +101,9 @@ def import_recording(store, path: str | os.PathLike, engine, matcher, *, agent: 
     if analyze is None:
         from callassist.analyze import analyze_file as analyze
     path = Path(path)
+    if path.is_dir():
+        from callassist.analyze import check_input_path
+        check_input_path(path)
     if not path.is_file():
         from callassist.audio import AudioError
         raise AudioError(f"{path}: no such file")
@@ -121,11 +126,13 @@ def import_recording(store, path: str | os.PathLike, engine, matcher, *, agent: 
         raise
     cards = [e.card.category for e in events if isinstance(e, CardFired)]
     return ImportedCall(path, call_id, result.duration,
-                        sum(isinstance(e, TranscriptUpdate) for e in events), tuple(cards), dest)
+                        sum(isinstance(e, TranscriptUpdate) for e in events), tuple(cards), dest,
+                        warning=result.truncation.describe() if result.truncation else "")
 
 
 def import_files(args) -> int:
     from agent_ui.store import StoreError, open_store
+    from callassist.analyze import InputError
     from callassist.audio import AudioError
     from callassist.config import ConfigError, load_config
     from prompts.matcher import Matcher
@@ -152,7 +159,7 @@ def import_files(args) -> int:
             try:
                 imported = import_recording(store, name, engine, matcher, agent=args.agent,
                                             channels=args.channels)
-            except (AudioError, OSError, StoreError) as exc:
+            except (AudioError, InputError, OSError, StoreError) as exc:
                 failed += 1
                 print(f"{name}: error: {exc}", file=sys.stderr)
                 continue

@@ -102,6 +102,17 @@ def check_recording_length(path: Path, recording: Recording, truncation: WavTrun
                          f"at least {MIN_AUDIO_SECONDS} s is needed to recognise speech")
 
 
+def read_checked_recording(path: Path) -> tuple[Recording, WavTruncation | None]:
+    """A recording worth analysing, for `analyze` and `archive import` alike: not a
+    directory, at least MIN_AUDIO_SECONDS of audio; a truncated WAV is returned with what
+    it lacks, for the caller to warn about (the audio that exists is still worth having)."""
+    check_input_path(path)
+    recording = read_recording(path)
+    truncation = wav_truncation(path)
+    check_recording_length(path, recording, truncation)
+    return recording, truncation
+
+
 @dataclass
 class AnalysisResult:
     duration: float
@@ -109,6 +120,7 @@ class AnalysisResult:
     triggers: list[dict[str, Any]]
     events: list[CallEvent] = field(repr=False, default_factory=list)
     timed: bool = True         # False: an untimed transcript, on the synthetic timeline
+    truncation: WavTruncation | None = None    # a WAV shorter than its header says
 
     def to_json(self) -> dict[str, Any]:
         if not self.timed:     # no invented times in the data: null, as the input had them
@@ -217,11 +229,14 @@ def analyze_transcript(transcript: Transcript, matcher, *, call_id: str = "analy
 
 def analyze_file(path: str | Path, engine, matcher, *, channels: str = "customer-agent",
                  call_id: str = "analysis", progress: bool = False) -> AnalysisResult:
-    """Blocking convenience wrapper (for the archive importer and scripts)."""
-    recording = read_recording(path)
+    """Blocking convenience wrapper (for the archive importer and scripts); refuses what
+    read_checked_recording refuses (InputError, AudioError)."""
+    recording, truncation = read_checked_recording(Path(path))
     bar = ProgressBar(recording.duration) if progress else None
-    return asyncio.run(analyze_recording(recording, engine, matcher, channels=channels,
-                                         call_id=call_id, progress=bar))
+    result = asyncio.run(analyze_recording(recording, engine, matcher, channels=channels,
+                                           call_id=call_id, progress=bar))
+    result.truncation = truncation
+    return result
 
 
 def _clock(seconds: float) -> str:
@@ -318,9 +333,7 @@ def run(args) -> int:
         if transcript_kind(args.file):
             transcript = read_transcript(args.file)   # no recognition: --engine/--model/--channels unused
         else:
-            recording = read_recording(args.file)
-            truncation = wav_truncation(Path(args.file))
-            check_recording_length(Path(args.file), recording, truncation)
+            recording, truncation = read_checked_recording(Path(args.file))
         playbook = load_playbook()
         if recording is not None:
             # A finished recording gets the accurate post-call engine unless told otherwise.

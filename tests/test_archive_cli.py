@@ -112,6 +112,35 @@ def test_a_file_that_is_not_audio_leaves_nothing_behind(store: Store, tmp_path: 
     assert not store.recordings_dir.exists() or not any(store.recordings_dir.iterdir())
 
 
+def test_a_directory_or_a_too_short_file_is_refused_as_analyze_refuses_it(
+        store: Store, tmp_path: Path, recording: Path, engine, playbook) -> None:
+    """The same checks as `callassist analyze` (issue 9, finding 6): before, a directory
+    was "no such file" and a 0.1 s file was archived as an empty call."""
+    from callassist.analyze import InputError
+    with pytest.raises(InputError, match="is a directory"):
+        import_recording(store, recording.parent, engine, Matcher(playbook))
+    blip = tmp_path / "blip.wav"
+    write_wav(blip, [voiced(0.1)])
+    with pytest.raises(InputError, match=r"only 0\.10 s of audio"):
+        import_recording(store, blip, engine, Matcher(playbook))
+    assert store.list_calls() == []
+    assert import_recording(store, recording, engine, Matcher(playbook)).call_id   # control
+
+
+def test_a_truncated_wav_is_imported_with_a_warning(store: Store, tmp_path: Path, recording: Path,
+                                                   engine, playbook) -> None:
+    """A WAV cut off after its header was written (a crashed recorder, a partial copy): the
+    audio that is there is archived, and the line says what is missing."""
+    cut = tmp_path / "cut.wav"
+    data = recording.read_bytes()
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    imported = import_recording(store, cut, engine, Matcher(playbook))
+    assert "truncated: the header announces 6.50 s of audio" in imported.line()
+    assert 4.0 < imported.duration < 4.5 and store.get_call(imported.call_id) is not None
+    whole = import_recording(store, recording, engine, Matcher(playbook))        # control
+    assert "warning" not in whole.line()
+
+
 def test_the_command_reports_each_file_and_fails_at_the_end(tmp_path: Path, recording: Path,
                                                             monkeypatch, capsys) -> None:
     config = tmp_path / "callassist.toml"

@@ -11,12 +11,15 @@ pipeline (scripted engine), wired as `callassist serve` wires them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,9 @@ import pytest
 import soundfile as sf
 
 from agent_ui.store import Store
+from callassist.bus import EventBus
+from callassist.events import CallFault
+from callassist.recovery import StartupRecovery
 from ari_peer import AriPeer, load_audio
 from retap_app import make_app
 
@@ -82,6 +88,45 @@ def customer_lines(db: Path, call_id: str) -> list[tuple[int, str, float]]:
                 if u["speaker"] == "customer"]
 
 
+@dataclass
+class Restart:
+    store: Store
+    bus: EventBus
+    events: list
+    recovery: StartupRecovery
+
+
+@contextlib.asynccontextmanager
+async def restart_as_serve_does(db: Path) -> AsyncIterator[Restart]:
+    """The restart after a crash, as `callassist serve` does it: the store records the bus,
+    every event is kept for the test, and recovery takes its snapshot before any call of
+    this run can start. The caller stops its app inside the block and closes the store."""
+    store = Store(db)
+    bus = EventBus()
+    events: list = []
+    subscription = bus.subscribe()
+
+    async def collect() -> None:
+        async for event in subscription:
+            events.append(event)
+    collector = asyncio.create_task(collect())
+    recorder = asyncio.create_task(store.run(bus))
+    try:
+        yield Restart(store, bus, events, StartupRecovery(store))
+    finally:
+        collector.cancel()
+        recorder.cancel()
+        await asyncio.gather(collector, recorder, return_exceptions=True)
+
+
+def restart_gap(events: list) -> tuple[float, float]:
+    """The seconds of the call not heard, from the restart's CallFault."""
+    faults = [e for e in events if isinstance(e, CallFault) and "restarted" in e.problem]
+    assert faults, "the gap is not in the call's record"
+    gap_from, gap_to = re.search(r"from ([\d.]+) s to ([\d.]+) s", faults[0].problem).groups()
+    return float(gap_from), float(gap_to)
+
+
 @pytest.fixture
 async def peer():
     peer = await AriPeer().start()
@@ -91,9 +136,7 @@ async def peer():
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 async def test_call_still_up_after_a_crash_is_tapped_again(peer: AriPeer, tmp_path: Path, fmt: str) -> None:
-    from callassist.bus import EventBus
-    from callassist.events import CallEnded, CallFault
-    from callassist.recovery import StartupRecovery
+    from callassist.events import CallEnded
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -123,70 +166,55 @@ async def test_call_still_up_after_a_crash_is_tapped_again(peer: AriPeer, tmp_pa
     await wait_until(lambda: time.monotonic() - killed >= DOWNTIME, what="the downtime")
 
     # --- the restart, as `callassist serve` does it -------------------------------------
-    store = Store(db)
-    bus = EventBus()
-    events: list = []
-    subscription = bus.subscribe()
+    async with restart_as_serve_does(db) as restart:
+        store, events, recovery = restart.store, restart.events, restart.recovery
+        resumable = recovery.resumable()
+        assert {c.call_id for c in resumable} == {call_id, ended_id}
+        app = make_app(peer.url, store.recordings_dir, restart.bus, fmt, 43500, resumable=resumable)
+        try:
+            await app.start()
+            await app.wait_ready(10)
+            back = time.monotonic()
+            # a call that starts now, before the leftovers are closed out, is not one of them
+            fresh = peer.start_call(speech(60), None, agent_endpoint=None)
+            await wait_until(lambda: fresh.customer.id in app.calls and
+                             store.get_call(fresh.customer.id) is not None, what="a new call")
+            assert await recovery.close_out_after_resume(app) == 1
+            assert store.get_call(fresh.customer.id)["status"] == "live"
 
-    async def collect() -> None:
-        async for event in subscription:
-            events.append(event)
-    collector = asyncio.create_task(collect())
-    recorder = asyncio.create_task(store.run(bus))
-    recovery = StartupRecovery(store)          # before any call of this run can start
-    resumable = recovery.resumable()
-    assert {c.call_id for c in resumable} == {call_id, ended_id}
-    app = make_app(peer.url, store.recordings_dir, bus, fmt, 43500, resumable=resumable)
-    try:
-        await app.start()
-        await app.wait_ready(10)
-        back = time.monotonic()
-        # a call that starts now, before the leftovers are closed out, is not one of them
-        fresh = peer.start_call(speech(60), None, agent_endpoint=None)
-        await wait_until(lambda: fresh.customer.id in app.calls and
-                         store.get_call(fresh.customer.id) is not None, what="a new call")
-        assert await recovery.close_out_after_resume(app) == 1
-        assert store.get_call(fresh.customer.id)["status"] == "live"
+            # Tapped again, not swept: new snoops on both parties, the dead run's objects gone.
+            assert app.resumed == {call_id}
+            await wait_until(lambda: call.agent is not None and
+                             any(s.id not in old_objects for s in peer.snoops_of(call.agent.id)) and
+                             any(s.id not in old_objects for s in peer.snoops_of(call_id)),
+                             what="customer and agent tapped again")
+            channels, bridges = peer.our_objects()
+            assert not old_objects & (set(channels) | set(bridges))
+            # the call that ended while we were down: closed out, with its recording (control)
+            ended = store.get_call(ended_id)
+            assert ended["status"] == "ended" and ended["recording_path"]
+            assert store.get_call(call_id)["status"] == "live"
 
-        # Tapped again, not swept: new snoops on both parties, the dead run's objects gone.
-        assert app.resumed == {call_id}
-        await wait_until(lambda: call.agent is not None and
-                         any(s.id not in old_objects for s in peer.snoops_of(call.agent.id)) and
-                         any(s.id not in old_objects for s in peer.snoops_of(call_id)),
-                         what="customer and agent tapped again")
-        channels, bridges = peer.our_objects()
-        assert not old_objects & (set(channels) | set(bridges))
-        # the call that ended while we were down: closed out, with its recording (control)
-        ended = store.get_call(ended_id)
-        assert ended["status"] == "ended" and ended["recording_path"]
-        assert store.get_call(call_id)["status"] == "live"
+            # The gap is in the call's record: which seconds of the call were not heard.
+            gap_from, gap_to = restart_gap(events)
+            assert abs(gap_from - heard_before) <= 0.1
+            assert DOWNTIME <= gap_to - gap_from <= (back - killed) + (gap_from - heard_before) + 1.0
+            assert any("restarted" in f["problem"] for f in store.get_call(call_id)["faults"])
 
-        # The gap is in the call's record: which seconds of the call were not heard.
-        faults = [e for e in events if isinstance(e, CallFault) and "restarted" in e.problem]
-        assert faults, "the gap is not in the call's record"
-        fault = faults[0]
-        gap_from, gap_to = map(float, re.search(r"from ([\d.]+) s to ([\d.]+) s", fault.problem).groups())
-        assert abs(gap_from - heard_before) <= 0.1
-        assert DOWNTIME <= gap_to - gap_from <= (back - killed) + (gap_from - heard_before) + 1.0
-        assert any("restarted" in f["problem"] for f in store.get_call(call_id)["faults"])
+            # Transcription goes on, after the gap, without overwriting what came before.
+            await wait_until(lambda: len(customer_lines(db, call_id)) >= len(lines_before) + 2,
+                             what="new transcript lines")
+            lines_after = customer_lines(db, call_id)
+            assert lines_after[:len(lines_before)] == lines_before
+            assert all(start >= gap_to - 0.1 for _, _, start in lines_after[len(lines_before):])
 
-        # Transcription goes on, after the gap, without overwriting what came before.
-        await wait_until(lambda: len(customer_lines(db, call_id)) >= len(lines_before) + 2,
-                         what="new transcript lines")
-        lines_after = customer_lines(db, call_id)
-        assert lines_after[:len(lines_before)] == lines_before
-        assert all(start >= gap_to - 0.1 for _, _, start in lines_after[len(lines_before):])
-
-        # The recording goes on in the same file; then the call ends.
-        await wait_until(lambda: recorded_seconds(live) >= gap_to + 2.0, what="recording continued")
-        await peer.hangup(call)
-        await wait_until(lambda: store.get_call(call_id)["status"] == "ended", what="the call's end")
-        assert any(isinstance(e, CallEnded) and e.call_id == call_id for e in events)
-    finally:
-        await app.stop()
-        collector.cancel()
-        recorder.cancel()
-        await asyncio.gather(collector, recorder, return_exceptions=True)
+            # The recording goes on in the same file; then the call ends.
+            await wait_until(lambda: recorded_seconds(live) >= gap_to + 2.0, what="recording continued")
+            await peer.hangup(call)
+            await wait_until(lambda: store.get_call(call_id)["status"] == "ended", what="the call's end")
+            assert any(isinstance(e, CallEnded) and e.call_id == call_id for e in events)
+        finally:
+            await app.stop()
 
     try:
         final = store.get_call(call_id)
@@ -423,9 +451,7 @@ async def test_call_on_real_asterisk_is_tapped_again_after_a_crash(asterisk, tmp
     is killed mid-call, Asterisk keeps the call and our leftovers; the restart sweeps those,
     taps both parties again and the call ends cleanly, recorded on one timeline."""
     from asterisk_fixture import network_for, no_leftovers
-    from callassist.bus import EventBus
-    from callassist.events import CallEnded, CallFault
-    from callassist.recovery import StartupRecovery
+    from callassist.events import CallEnded
 
     ari = asterisk.ari
     sounds = tmp_path / "sounds"
@@ -458,44 +484,29 @@ async def test_call_on_real_asterisk_is_tapped_again_after_a_crash(asterisk, tmp
             assert len(left_by_the_crash) >= 6, left_by_the_crash     # control: there is something to sweep
             await wait_until(lambda: time.monotonic() - killed >= DOWNTIME, what="the downtime")
 
-            store = Store(db)
-            bus = EventBus()
-            events: list = []
-            subscription = bus.subscribe()
-
-            async def collect() -> None:
-                async for event in subscription:
-                    events.append(event)
-            collector = asyncio.create_task(collect())
-            recorder = asyncio.create_task(store.run(bus))
-            recovery = StartupRecovery(store)
-            app = make_app(ari.url, store.recordings_dir, bus, "wav", 43500, ari.user, ari.password,
-                           resumable=recovery.resumable())
-            try:
-                await app.start()
-                assert await recovery.close_out_after_resume(app) == 0
-                assert app.resumed == {call_id}
-                await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
-                    leg.ready and leg.frames > 5 for leg in app.calls[call_id].legs.values()),
-                    timeout=20, what="both parties tapped again")
-                back = time.monotonic()
-                assert not left_by_the_crash & await our_objects(network), "the dead run's taps swept"
-                faults = [e for e in events if isinstance(e, CallFault) and "restarted" in e.problem]
-                assert faults, "the gap is not in the call's record"
-                gap_from, gap_to = map(float, re.search(r"from ([\d.]+) s to ([\d.]+) s",
-                                                        faults[0].problem).groups())
-                assert abs(gap_from - heard_before) <= 0.1
-                assert gap_to - gap_from <= back - killed + 0.5
-                await wait_until(lambda: recorded_seconds(wav) >= gap_to + 2.0, what="recording continued")
-                await network.hangup(call_id)
-                await wait_until(lambda: any(isinstance(e, CallEnded) and e.call_id == call_id for e in events),
-                                 timeout=20, what="the call's end")
-                await wait_until(lambda: store.get_call(call_id)["status"] == "ended", what="stored end")
-            finally:
-                await app.stop()
-                collector.cancel()
-                recorder.cancel()
-                await asyncio.gather(collector, recorder, return_exceptions=True)
+            async with restart_as_serve_does(db) as restart:
+                store, events, recovery = restart.store, restart.events, restart.recovery
+                app = make_app(ari.url, store.recordings_dir, restart.bus, "wav", 43500, ari.user,
+                               ari.password, resumable=recovery.resumable())
+                try:
+                    await app.start()
+                    assert await recovery.close_out_after_resume(app) == 0
+                    assert app.resumed == {call_id}
+                    await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
+                        leg.ready and leg.frames > 5 for leg in app.calls[call_id].legs.values()),
+                        timeout=20, what="both parties tapped again")
+                    back = time.monotonic()
+                    assert not left_by_the_crash & await our_objects(network), "the dead run's taps swept"
+                    gap_from, gap_to = restart_gap(events)
+                    assert abs(gap_from - heard_before) <= 0.1
+                    assert gap_to - gap_from <= back - killed + 0.5
+                    await wait_until(lambda: recorded_seconds(wav) >= gap_to + 2.0, what="recording continued")
+                    await network.hangup(call_id)
+                    await wait_until(lambda: any(isinstance(e, CallEnded) and e.call_id == call_id for e in events),
+                                     timeout=20, what="the call's end")
+                    await wait_until(lambda: store.get_call(call_id)["status"] == "ended", what="stored end")
+                finally:
+                    await app.stop()
             final = store.get_call(call_id)
             store.close()
         finally:

@@ -22,10 +22,12 @@ T = TypeVar("T")
 
 
 class DecodeMeter:
-    """How one engine keeps up, for /metrics: seconds of audio handed to feed() and not
-    decoded yet (the backlog: a growing one means cards come later and later), and the
-    real-time factor (decode time / audio time) of the recent decodes. Thread-safe: decode
-    times are recorded in the pool threads."""
+    """How one engine keeps up, for /metrics and /healthz: seconds of audio handed to it and
+    not decoded yet (the backlog: a growing one means cards come later and later), the
+    real-time factor (decode time / audio time) of the recent decodes, and for a scheduled
+    engine (asr.scheduler) how long a customer's sentence waits for the decoder (`lag_seconds`),
+    whether it is behind, and how many interims it shed. Thread-safe: decode times are
+    recorded in the pool threads."""
 
     RECENT = 64          # decodes the real-time factor is computed over
 
@@ -35,17 +37,33 @@ class DecodeMeter:
         self.audio_seconds_total = 0.0     # audio decoded
         self.decode_seconds_total = 0.0    # time spent decoding it
         self._recent: deque[tuple[float, float]] = deque(maxlen=self.RECENT)
+        self.lag_seconds = 0.0
+        self.behind = False
+        self.interims_shed = 0
+
+    def add_backlog(self, audio_seconds: float) -> None:
+        with self._lock:
+            backlog = self.backlog_seconds + audio_seconds
+            self.backlog_seconds = backlog if backlog > 1e-6 else 0.0   # no float dust when idle
+
+    def set_lag(self, seconds: float) -> None:
+        self.lag_seconds = seconds
+
+    def set_behind(self, behind: bool) -> None:
+        self.behind = behind
+
+    def count_shed(self) -> None:
+        with self._lock:
+            self.interims_shed += 1
 
     @contextmanager
     def pending(self, audio_seconds: float) -> Iterator[None]:
         """Around a feed(): its audio counts as backlog until the feed returns."""
-        with self._lock:
-            self.backlog_seconds += audio_seconds
+        self.add_backlog(audio_seconds)
         try:
             yield
         finally:
-            with self._lock:
-                self.backlog_seconds = max(0.0, self.backlog_seconds - audio_seconds)
+            self.add_backlog(-audio_seconds)
 
     def timed(self, audio_seconds: float, fn: Callable[..., T], *args: object) -> T:
         """Run fn(*args) (in a pool thread) and record it as decoding `audio_seconds`."""
@@ -81,9 +99,21 @@ class RecognizerStream(abc.ABC):
     def close(self) -> None:
         """Release the recogniser. Idempotent."""
 
+    def listen(self, deliver: Callable[[list[SpeechEvent]], None], *, admitted: bool = True) -> None:
+        """Live mode, for audio that arrives in real time: from now on feed() returns without
+        waiting for decodes, and events decoded later are handed to `deliver` on the event
+        loop, in order. A stream that decodes inside feed() (Vosk, the fake) keeps returning
+        its events from feed() and never calls `deliver`. `admitted` is the engine's
+        admit() for this call: False puts the stream behind the calls already assisted.
+        Without listen(), feed() returns the events of the audio it was given (file analysis:
+        deterministic, paced by the decoder)."""
+
 
 class SpeechEngine(abc.ABC):
     name: str
+    # False when live decodes trade accuracy for speed (Whisper's short window, no word
+    # times): the post-call pass then re-transcribes the recording with the same engine.
+    live_is_exact = True
     _pool: ThreadPoolExecutor | None = None
     _closed = False
 
@@ -100,6 +130,11 @@ class SpeechEngine(abc.ABC):
         if meter is None:
             meter = self.__dict__["_meter"] = DecodeMeter()
         return meter
+
+    def admit(self) -> bool:
+        """May a call that starts now be assisted live, without delaying the calls already
+        assisted? Engines that cannot fall behind (decoding in feed()) always say yes."""
+        return True
 
     def _ensure_open(self) -> None:
         if self._closed:

@@ -42,4 +42,12 @@ class EndOfSpeech:
     time: float
 
 
-SpeechEvent = InterimTranscript | FinalTranscript | EndOfSpeech
+@dataclass(frozen=True, slots=True)
+class DecodeDelayed:
+    """The decoder was behind: this utterance's final waited `waited` seconds before its decode
+    began (asr.scheduler). Sent just before that FinalTranscript."""
+    utterance: int
+    waited: float
+
+
+SpeechEvent = InterimTranscript | FinalTranscript | EndOfSpeech | DecodeDelayed

@@ -5,13 +5,17 @@ utterances scripted for its label (e.g. "customer") on the stream's own clock,
 which advances with the audio fed (so real-time pacing of the audio gives
 real-time pacing of the events): interim results grow word by word while the
 utterance is "spoken", the final arrives `endpoint_delay` after it ends.
+
+Failure injection: `admitting=False` makes the engine refuse new calls (a decoder that is
+behind), and an utterance's `waited` replays a final that waited that long for the decoder
+(a DecodeDelayed before its FinalTranscript).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from asr.engine import RecognizerStream, SpeechEngine
-from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
+from asr.events import DecodeDelayed, EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class ScriptedUtterance:
     text: str            # words separated by spaces, as Vosk would print them
     start: float         # seconds into the stream
     end: float
+    waited: float = 0.0  # > 0: the final waited this long for a decoder that was behind
 
 
 class ScriptedStream(RecognizerStream):
@@ -46,6 +51,8 @@ class ScriptedStream(RecognizerStream):
                 span = (utt.end - utt.start) / max(len(words), 1)
                 timed = tuple(Word(w, utt.start + i * span, utt.start + (i + 1) * span)
                               for i, w in enumerate(words))
+                if utt.waited:
+                    events.append(DecodeDelayed(self._next, utt.waited))
                 events.append(FinalTranscript(self._next, utt.text, utt.start, utt.end, timed))
                 events.append(EndOfSpeech(self._next, utt.end))
                 self._next += 1
@@ -73,10 +80,15 @@ class ScriptedStream(RecognizerStream):
 class ScriptedEngine(SpeechEngine):
     name = "scripted"
 
-    def __init__(self, scripts: dict[str, list[ScriptedUtterance]], endpoint_delay: float = 0.3) -> None:
+    def __init__(self, scripts: dict[str, list[ScriptedUtterance]], endpoint_delay: float = 0.3,
+                 *, admitting: bool = True) -> None:
         self.scripts = scripts
         self.endpoint_delay = endpoint_delay
+        self.admitting = admitting
         self.streams: list[ScriptedStream] = []
+
+    def admit(self) -> bool:
+        return self.admitting
 
     def open_stream(self, sample_rate: int, label: str = "") -> ScriptedStream:
         stream = ScriptedStream(list(self.scripts.get(label, [])), sample_rate, self.endpoint_delay)

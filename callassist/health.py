@@ -4,8 +4,9 @@
     ok      200   Asterisk connected (or none configured), store writable, engine loaded,
                   decoding keeps up
     degraded 200  calls are assisted, but late or at risk: reconnecting to Asterisk (the
-                  websocket dropped, a new one is on its way), or the decode backlog is
-                  above DEGRADED_BACKLOG_SECONDS (cards come that much later)
+                  websocket dropped, a new one is on its way), the decoder is behind
+                  (asr.scheduler: customers' sentences wait, new calls are decoded after the
+                  ones on screen), or the decode backlog is above DEGRADED_BACKLOG_SECONDS
     down    503   calls are not assisted: Asterisk refuses us (401) or cannot be reached,
                   the store cannot be written, or no speech engine is loaded
 
@@ -109,12 +110,19 @@ class ServiceHealth:
         for engine in self.engines:
             meter = engine.meter
             engines[engine.name] = {"backlog_seconds": round(meter.backlog_seconds, 2),
-                                    "real_time_factor": round(meter.real_time_factor, 3)}
+                                    "real_time_factor": round(meter.real_time_factor, 3),
+                                    "lag_seconds": round(meter.lag_seconds, 2), "behind": meter.behind,
+                                    "interims_shed": meter.interims_shed}
         report.checks["speech"] = {"engine": getattr(live, "name", None), "loaded": loaded,
                                    "engines": engines}
         if not loaded:
             report.worsen("down", "speech: no live engine loaded", "语音识别引擎未加载，不会有提示卡")
             return
+        if live.meter.behind:
+            report.worsen("degraded", f"speech: decoding behind, customers' sentences wait "
+                          f"{live.meter.lag_seconds:.1f} s; new calls wait for the ones on screen",
+                          f"识别繁忙：客户的话要等 {live.meter.lag_seconds:.0f} 秒才识别，"
+                          "提示卡会晚到，新来电的转写会延后")
         backlog = live.meter.backlog_seconds
         if backlog > DEGRADED_BACKLOG_SECONDS:
             report.worsen("degraded", f"speech: decoding {backlog:.1f} s behind",

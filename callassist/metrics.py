@@ -12,6 +12,11 @@
     callassist_asr_real_time_factor{engine}      gauge    decode time / audio time, recent decodes
     callassist_asr_audio_seconds_total{engine}   counter  audio decoded
     callassist_asr_decode_seconds_total{engine}  counter  time spent decoding it
+    callassist_asr_lag_seconds{engine}           gauge    how long the oldest customer sentence waits
+                                                 for the decoder (asr.scheduler)
+    callassist_asr_behind{engine}                gauge    1 while the decoder is behind (new calls
+                                                 are decoded after the ones on screen)
+    callassist_asr_interims_shed_total{engine}   counter  interim decodes dropped to keep finals in time
     callassist_card_latency_seconds              histogram  end of the trigger utterance's
                                                  audio to CardFired publication (see CallMetrics)
     callassist_events_stored_total               counter  call events committed to the store
@@ -145,13 +150,24 @@ class ServiceCollector(Collector):
                                     labels=["engine"])
         spent = CounterMetricFamily("callassist_asr_decode_seconds", "Seconds spent decoding",
                                     labels=["engine"])
+        lag = GaugeMetricFamily("callassist_asr_lag_seconds",
+                                "How long the oldest customer sentence waits for the decoder",
+                                labels=["engine"])
+        behind = GaugeMetricFamily("callassist_asr_behind",
+                                   "1 while the decoder is behind: new calls wait for the ones on screen",
+                                   labels=["engine"])
+        shed = CounterMetricFamily("callassist_asr_interims_shed",
+                                   "Interim decodes dropped to keep the finals in time", labels=["engine"])
         for engine in self.health.engines:
             meter = engine.meter
             backlog.add_metric([engine.name], meter.backlog_seconds)
             rtf.add_metric([engine.name], meter.real_time_factor)
             audio.add_metric([engine.name], meter.audio_seconds_total)
             spent.add_metric([engine.name], meter.decode_seconds_total)
-        yield from (backlog, rtf, audio, spent)
+            lag.add_metric([engine.name], meter.lag_seconds)
+            behind.add_metric([engine.name], 1 if meter.behind else 0)
+            shed.add_metric([engine.name], meter.interims_shed)
+        yield from (backlog, rtf, audio, spent, lag, behind, shed)
         yield CounterMetricFamily("callassist_events_stored", "Call events committed to the store",
                                   value=self.calls.events_stored)
 

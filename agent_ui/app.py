@@ -13,6 +13,8 @@ Pages (Chinese UI, plain ES modules, no build step):
   POST /qa/call/{call_id}/review
   GET  /qa/call/{call_id}/export.{json,vtt,csv}
   GET  /recordings/{call_id}    the call's recording (Range requests), from the DB path only
+  GET  /trends                  calls, risk, adherence per agent or category over days/weeks
+                                (supervisor, qa, admin; agent_ui.views.trends, /api/trends)
   GET  /users                   user management and the audit log (admin; agent_ui.views.users)
   GET  /healthz, /metrics       monitoring, no login (agent_ui.views.health; /metrics from loopback)
 JSON: GET /api/me, /api/meta, /api/calls, /api/calls/{call_id}, /api/live;
@@ -21,8 +23,9 @@ Websocket: GET /ws[?call=ID] (agent_ui.views.ws): stored events pushed as commit
 routed by agent_ui.views.hub.LiveHub (one store listener for all sockets).
 
 With `bus`, the app records the bus into the store for its lifetime (store.run), so
-the screens see exactly what is stored; pass bus=None when something else runs the
-store's recorder.
+the screens see exactly what is stored, and reads each live call as a whole
+(agent_ui.live_reading: CallReadingUpdated on the bus); pass bus=None when something else
+runs the store's recorder.
 """
 from __future__ import annotations
 
@@ -38,9 +41,10 @@ from agent_ui.auth import LoginRateLimiter
 from agent_ui.limits import body_deadline_middleware
 from agent_ui.security import (APP_CONFIG, APP_PLAYBOOK, APP_STORE, APP_TLS, add_security_headers,
                                csrf_middleware, session_middleware)
-from agent_ui.views import agent, api, health, login, qa, supervisor, users, ws
+from agent_ui.views import agent, api, health, login, qa, supervisor, trends, users, ws
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+APP_LIVE_READER: web.AppKey[Any] = web.AppKey("live_reader", object)
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
@@ -63,7 +67,7 @@ def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None,
     app[APP_TLS] = bool(config.web.tls_cert)
     app[login.APP_LIMITER] = LoginRateLimiter(config.web.login_attempts_per_minute, store)
     app.on_response_prepare.append(add_security_headers)
-    for module in (login, agent, supervisor, qa, api, users, ws):
+    for module in (login, agent, supervisor, qa, trends, api, users, ws):
         module.setup(app)
     if service_health is None:
         from callassist.health import ServiceHealth
@@ -72,7 +76,20 @@ def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None,
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
     if bus is not None:
         app.cleanup_ctx.append(_recorder(store, bus))
+        app.cleanup_ctx.append(_live_reading(store, bus))
     return app
+
+
+def _live_reading(store: Any, bus: Any):
+    async def read(app: web.Application) -> AsyncIterator[None]:
+        from agent_ui.live_reading import LiveReader
+        reader = app[APP_LIVE_READER] = LiveReader(bus.publish, store)
+        task = asyncio.create_task(reader.run(bus), name="live-reading")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return read
 
 
 def _recorder(store: Any, bus: Any):

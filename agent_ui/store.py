@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 from agent_ui.migrations import MIGRATIONS
 from agent_ui.risk import call_risk
 from agent_ui.store_writer import StoreWriter
-from callassist.events import (AgentJoined, CallEnded, CallEvent, CallFault, CallStarted,
-                               CardConfirmed, CardFired, CardWithdrawn, TranscriptRevised,
+from callassist.events import (TRANSIENT_EVENTS, AgentJoined, CallEnded, CallEvent, CallFault, CallReadingUpdated,
+                               CallStarted, CardConfirmed, CardFired, CardWithdrawn, TranscriptRevised,
                                TranscriptUpdate, event_to_dict)
 from prompts.normalize import normalize
 
@@ -156,6 +156,10 @@ class Store:
         self._listeners: list[Listener] = []
         from agent_ui.account_store import AccountStore   # it imports this module
         self.accounts = AccountStore(self)
+        from agent_ui.analytics_store import AnalyticsStore   # it imports this module
+        self.analytics = AnalyticsStore(self)
+        from agent_ui.trends_store import TrendStore
+        self.trends = TrendStore(self)
         if not self.path.parent.is_dir():
             raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
         created = not self.path.exists()
@@ -431,12 +435,15 @@ class Store:
     def _on_call_fault(self, db: sqlite3.Connection, e: CallFault) -> None:
         return None                       # the event row is the record
 
+    def _on_call_reading(self, db: sqlite3.Connection, e: CallReadingUpdated) -> None:
+        return None                       # the event row is the record (the final one: store.analytics)
+
     _HANDLERS: dict[type, Callable[..., str | _Duplicate | None]] = {
         CallStarted: _on_call_started, AgentJoined: _on_agent_joined,
         TranscriptRevised: _on_transcript_revised,
         TranscriptUpdate: _on_transcript, CardFired: _on_card_fired,
         CardConfirmed: _on_card_confirmed, CardWithdrawn: _on_card_withdrawn,
-        CallEnded: _on_call_ended, CallFault: _on_call_fault,
+        CallEnded: _on_call_ended, CallFault: _on_call_fault, CallReadingUpdated: _on_call_reading,
     }
 
     @staticmethod
@@ -459,7 +466,8 @@ class Store:
         async def consume() -> None:
             try:
                 async for event in subscription:
-                    writer.submit(event)
+                    if not isinstance(event, TRANSIENT_EVENTS):
+                        writer.submit(event)
             finally:
                 while not subscription.queue.empty():        # published before the stop
                     writer.submit(subscription.queue.get_nowait())

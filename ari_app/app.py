@@ -121,7 +121,7 @@ class AriApp:
         from callassist.pipeline import CallPipeline
 
         def pipeline(call_id: str) -> SessionPipeline:
-            return CallPipeline(call_id, engine, matcher, app.publisher_for(call_id))
+            return CallPipeline(call_id, engine, matcher, app.publisher_for(call_id), analytics=config.analytics)
         app = cls(config, bus, pipeline, recordings_dir, **kwargs)
         return app
 

@@ -7,10 +7,23 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+import webrtcvad
 
 PIPELINE_RATE = 16000            # every stream inside the product runs at 16 kHz
 FRAME_MS = 20
 FRAME_BYTES = PIPELINE_RATE * FRAME_MS // 1000 * 2   # 640: one snoop/RTP frame
+VAD_STEP_BYTES = PIPELINE_RATE // 100 * 2            # 320: the 10 ms step speech is judged on
+QUIET_PEAK = 64                                      # a step peaking below this (about -54 dBFS) is silence
+
+
+def is_speech(vad: webrtcvad.Vad, step: bytes, min_level: int = QUIET_PEAK) -> bool:
+    """Whether one 10 ms step of 16 kHz PCM is speech: the product's one voice activity
+    rule (the pipeline's SilenceGate, conversation analytics). Zeros and hiss (peak below
+    `min_level`) are silence without asking the VAD, which calls some of them speech."""
+    samples = np.frombuffer(step, dtype=np.int16)
+    if int(np.abs(samples).max(initial=0)) < min_level:
+        return False
+    return vad.is_speech(step, PIPELINE_RATE)
 
 
 class AudioError(ValueError):

@@ -14,6 +14,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("models", "install"): ("asr.install", "run"),
     ("analyze",): ("callassist.analyze", "run"),
     ("eval",): ("prompts.evaluate", "run"),
+    ("eval-calls",): ("prompts.evaluate", "run_calls"),
+    ("eval-techniques",): ("prompts.evaluate_techniques", "run"),
     ("serve",): ("callassist.serve", "run"),
     ("demo",): ("callassist.serve", "run_demo"),
     ("user", "add"): ("agent_ui.users_cli", "add"),
@@ -72,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noisy", type=int, default=0, metavar="N",
                           help="also score N ASR-noised copies of every line")
     evaluate.add_argument("--details", action="store_true", help="list every miss and false trigger")
+    eval_calls = sub.add_parser("eval-calls", help="score the call-level reading (complaint type, customer "
+                                                   "type, interest) on labelled whole calls")
+    eval_calls.add_argument("files", nargs="*", metavar="FILE",
+                            help="labelled calls, JSON lines (default: prompts/corpus/calls_dev.jsonl "
+                                 "and, when present, calls_blind.jsonl)")
+    eval_calls.add_argument("--details", action="store_true", help="list every call read wrong")
+    techniques = sub.add_parser("eval-techniques", help="score the technique adherence recogniser (QA) "
+                                                        "per technique (default: the dev set, and the blind sets when present)")
+    techniques.add_argument("files", nargs="*", metavar="FILE",
+                            help="technique<TAB>label<TAB>context<TAB>text files")
+    techniques.add_argument("--calls", nargs="*", metavar="FILE", default=None,
+                            help="JSON-lines files of whole labelled calls (default prompts/corpus/calls_blind.jsonl when present)")
+    techniques.add_argument("--details", action="store_true", help="list every wrong verdict")
     serve = sub.add_parser("serve", help="run the ARI application and the web app")
     demo = sub.add_parser("demo", help="run the web app and play a sample complaint call through it")
     demo.add_argument("--once", action="store_true", help="play the demo call once (default: replay it)")

@@ -122,6 +122,13 @@ class CueConfig:
 
 
 @dataclass(frozen=True)
+class AnalyticsConfig:
+    min_silence_s: float = _checked(_between(0.5, 600))
+    min_talk_over_s: float = _checked(_between(0.05, 10))
+    baseline_s: float = _checked(_between(1, 600))
+
+
+@dataclass(frozen=True)
 class WebConfig:
     host: str
     port: int = _checked(_between(0, 65535))
@@ -145,6 +152,7 @@ class Config:
     rtp: RtpConfig
     recording: RecordingConfig
     cue: CueConfig
+    analytics: AnalyticsConfig
     web: WebConfig
     source: str = "defaults"
     # Not errors for every command (other tools' CALLASSIST_* variables may be about), but

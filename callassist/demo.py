@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,14 +79,17 @@ async def play_call(audio: np.ndarray, session: CallSession, *, realtime: bool =
 
 
 async def run_demo_calls(engine, matcher, publish: Publish, recordings_dir: Path, *,
-                         once: bool = False, pause: float = 15.0, recording_format: str = "wav") -> None:
+                         once: bool = False, pause: float = 15.0, recording_format: str = "wav",
+                         analytics: Any = None) -> None:
+    """`analytics`: the [analytics] settings, for the live conversation measures."""
     from ari_app.recorder import CallRecorder
 
     audio = await asyncio.to_thread(demo_call_audio)
     while True:
         call_id = f"demo-{uuid.uuid4().hex[:12]}"
         recorder = CallRecorder(recordings_dir / f"{call_id}.{recording_format}", PIPELINE_RATE, recording_format)
-        session = CallSession(call_id, CallPipeline(call_id, engine, matcher, publish), publish, recorder)
+        pipeline = CallPipeline(call_id, engine, matcher, publish, analytics=analytics)
+        session = CallSession(call_id, pipeline, publish, recorder)
         session.start(caller=DEMO_CALLER, source="demo")
         session.start_leg("agent", endpoint=DEMO_AGENT_ENDPOINT)
         log.info("demo call %s started (%.0f s)", call_id, len(audio) / PIPELINE_RATE)

@@ -139,12 +139,37 @@ class TranscriptRevised:
     at: float = field(default_factory=_now)
 
 
+@dataclass(frozen=True, slots=True)
+class CallReadingUpdated:
+    """The call read as a whole so far (prompts.call_reading.CallReading.to_dict(): complaint
+    and customer type with evidence, recommended technique, escalation score), published by
+    agent_ui.live_reading at most every few seconds while the call is live, and once more,
+    `final` in the dict, when it ends."""
+    call_id: str
+    reading: dict[str, Any]
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationUpdated:
+    """The live call's conversation measures so far (callassist.conversation.ConversationStats
+    .to_dict(): talk, silences, talk-over, agitation, sentiment), every few seconds from the
+    call's pipeline (callassist.live_analytics) for the live reading's escalation score.
+    Transient: not recorded (the post-call pass stores the call's final stats)."""
+    call_id: str
+    stats: dict[str, Any]
+    at: float = field(default_factory=_now)
+
+
 CallEvent = (CallStarted | AgentJoined | TranscriptUpdate | CardFired | CardConfirmed
-             | CardWithdrawn | CallEnded | CallFault | TranscriptRevised)
+             | CardWithdrawn | CallEnded | CallFault | TranscriptRevised | CallReadingUpdated
+             | ConversationUpdated)
 
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     CallStarted, AgentJoined, TranscriptUpdate, CardFired, CardConfirmed, CardWithdrawn,
-    CallEnded, CallFault, TranscriptRevised)}
+    CallEnded, CallFault, TranscriptRevised, CallReadingUpdated, ConversationUpdated)}
+# Events that travel between the services but are not recorded: superseded every few seconds.
+TRANSIENT_EVENTS: tuple[type, ...] = (ConversationUpdated,)
 
 
 def event_to_dict(event: CallEvent) -> dict[str, Any]:

@@ -18,19 +18,21 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import webrtcvad
 
 from asr.engine import RecognizerStream, SpeechEngine
-from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent
-from callassist.audio import PIPELINE_RATE
+from asr.events import DecodeDelayed, EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent
+from callassist.audio import PIPELINE_RATE, QUIET_PEAK, is_speech
 from callassist.events import SPEAKERS, CallEvent, CallFault, Speaker, TranscriptUpdate
+from callassist.live_analytics import LiveConversation
 from prompts.matcher import CallMatcher, Matcher
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[CallEvent], None]
+DELAY_REPORT_EVERY = 60.0   # seconds of call time between two "decoding is behind" faults on a call
 
 
 class SilenceGate:
@@ -47,11 +49,11 @@ class SilenceGate:
     MIN_PAUSE = PIPELINE_RATE * 3 // 10  # shorter silences are part of speech
 
     def __init__(self, aggressiveness: int = 2, hangover: float = 1.0, preroll: float = 0.3,
-                 min_level: int = 64) -> None:
+                 min_level: int = QUIET_PEAK) -> None:
         self._vad = webrtcvad.Vad(aggressiveness)
         self._hangover_steps = int(hangover * 100)
         self._preroll: deque[bytes] = deque(maxlen=int(preroll * 100))
-        self._min_level = min_level        # peak below this (about -54 dBFS) is silence
+        self._min_level = min_level        # peak below this is silence (callassist.audio.is_speech)
         self._silent_steps = self._hangover_steps
         self._pending = b""
         self._next_step = 0                # position (samples pushed) of the next 10 ms step
@@ -65,10 +67,7 @@ class SilenceGate:
         return self._silent_steps < self._hangover_steps
 
     def _is_speech(self, step: bytes) -> bool:
-        samples = np.frombuffer(step, dtype=np.int16)
-        if int(np.abs(samples).max(initial=0)) < self._min_level:
-            return False                   # zeros and hiss: no need to ask the VAD
-        return self._vad.is_speech(step, PIPELINE_RATE)
+        return is_speech(self._vad, step, self._min_level)
 
     def push(self, pcm: bytes) -> list[tuple[int, bytes]]:
         """Returns (offset of the passed audio within this push in samples, audio) runs;
@@ -133,6 +132,7 @@ class Leg:
         self.offset = 0.0          # where this leg starts on the call's timeline (s)
         self.received = 0          # samples received on this leg
         self.fed = 0               # samples given to the recogniser
+        self.submitted = 0         # samples queued by submit() (live)
         self.clock = _TimeMap()
         self.shown: set[int] = set()   # utterances whose interim text was published
 
@@ -185,19 +185,28 @@ class TranscriptFeed:
 class CallPipeline:
     """Two ways in: `feed` decodes before it returns (file analysis: deterministic, paced
     by the decoder); `submit` queues and returns at once (live sources: the RTP receiver
-    and the recorder must never wait for a recogniser, and Whisper decodes a whole
-    segment at a time). The live queue is unbounded on purpose: audio is never dropped,
-    a recogniser that falls behind only delays its cards. `finish` drains it first."""
+    and the recorder must never wait for a recogniser). A submitted leg's recogniser is
+    live (RecognizerStream.listen): results come as they are decoded, and the call is
+    admitted once (engine.admit(): a segment engine that is behind decodes a new call after
+    the calls already assisted, asr.scheduler). Audio is never dropped; when decoding is
+    late the call gets a CallFault saying so (DecodeDelayed). `finish` drains it all."""
 
     def __init__(self, call_id: str, engine: SpeechEngine, matcher: Matcher, publish: Publish,
-                 *, skip_silence: bool = True, day: dt.date | None = None) -> None:
+                 *, skip_silence: bool = True, day: dt.date | None = None, analytics: Any = None) -> None:
+        """`analytics`: the [analytics] settings, for a live call's conversation measures
+        (callassist.live_analytics); None for file analysis (the post-call pass measures)."""
         self.call_id = call_id
         self._publish = publish
+        self._conversation = (LiveConversation.from_config(analytics, call_id, publish)
+                              if analytics is not None else None)
         self._transcript = TranscriptFeed(call_id, matcher, publish, day)
         # Both streams are opened up front, customer first, so a leg that joins late
         # costs nothing extra on the audio path.
         self._legs = {speaker: Leg(speaker, engine.open_stream(PIPELINE_RATE, label=speaker), skip_silence)
                       for speaker in SPEAKERS}
+        self._engine = engine
+        self._admitted: bool | None = None       # decided at the first live audio (engine.admit)
+        self._delay_reported = float("-inf")     # call time of the last "decoding is behind" fault
         self._finished = False
         self._queues: dict[Speaker, asyncio.Queue[bytes | None]] = {}
         self._workers: dict[Speaker, asyncio.Task] = {}
@@ -219,11 +228,28 @@ class CallPipeline:
         if self._finished:
             return
         queue = self._queues.get(speaker)
+        leg = self._legs[speaker]
         if queue is None:
+            self._go_live(leg)
             queue = self._queues[speaker] = asyncio.Queue()
             self._workers[speaker] = asyncio.create_task(
                 self._decode_queued(speaker, queue), name=f"decode-{self.call_id}-{speaker}")
         queue.put_nowait(pcm)
+        if self._conversation is not None:
+            self._conversation.audio(speaker, pcm, round(leg.offset * PIPELINE_RATE) + leg.submitted)
+        leg.submitted += len(pcm) // 2
+
+    def _go_live(self, leg: Leg) -> None:
+        """The leg's recogniser hands over results as they are decoded. The call is admitted
+        once, at its first audio: one that starts while the decoder is behind is transcribed
+        after the calls already assisted, and the agent is told why cards may be missing."""
+        if self._admitted is None:
+            self._admitted = self._engine.admit()
+            if not self._admitted:
+                log.warning("call %s: speech decoding is behind; this call is transcribed after the "
+                            "calls already assisted", self.call_id)
+                self._publish(CallFault(self.call_id, "识别繁忙：本机语音识别已满负荷，本通电话的转写和提示卡会延后"))
+        leg.stream.listen(lambda events: self._handle(leg, events), admitted=self._admitted)
 
     @property
     def backlog(self) -> float:
@@ -249,15 +275,26 @@ class CallPipeline:
             queue.put_nowait(None)
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
         self._finished = True
+        if self._conversation is not None:
+            await self._conversation.close()
         for leg in self._legs.values():
             try:
                 self._handle(leg, await leg.stream.finish())
             finally:
                 leg.stream.close()
 
+    def _report_delay(self, leg: Leg, event: DecodeDelayed) -> None:
+        """One CallFault per call and DELAY_REPORT_EVERY seconds of call time while the decoder is behind."""
+        now = leg.call_time(leg.fed / PIPELINE_RATE)
+        if now - self._delay_reported >= DELAY_REPORT_EVERY:
+            self._delay_reported = now
+            self._publish(CallFault(self.call_id, f"识别延迟 {event.waited:.1f} 秒：本机语音识别跟不上，提示卡会晚到"))
+
     def close(self) -> None:
         """Abandon without flushing (call torn down abnormally)."""
         self._finished = True
+        if self._conversation is not None:
+            self._conversation.cancel()
         for task in self._workers.values():
             task.cancel()
         for leg in self._legs.values():
@@ -267,6 +304,9 @@ class CallPipeline:
         for event in events:
             if isinstance(event, EndOfSpeech):
                 continue
+            if isinstance(event, DecodeDelayed):
+                self._report_delay(leg, event)
+                continue
             final = isinstance(event, FinalTranscript)
             assert final or isinstance(event, InterimTranscript)
             text = event.text.strip()
@@ -275,6 +315,8 @@ class CallPipeline:
             start, end = leg.call_time(event.start, "start"), leg.call_time(event.end, "end")
             if final:
                 leg.shown.discard(event.utterance)
+                if self._conversation is not None and text:
+                    self._conversation.line(leg.speaker, round(start, 3), round(end, 3), text)
             else:
                 leg.shown.add(event.utterance)
             self._transcript.update(leg.speaker, event.utterance, text, round(start, 3), round(end, 3),

@@ -128,11 +128,16 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
 
     tasks: list[asyncio.Task] = [asyncio.create_task(_purge_daily(store, config), name="retention")]
     post_engine = config.asr.post_call_engine
-    if post_engine and post_engine != engine.name:
-        from asr import create_engine
-        from callassist.postcall import PostCallTranscriber
-        transcriber = PostCallTranscriber(lambda: create_engine(config, name=post_engine), matcher, bus)
-        tasks.append(asyncio.create_task(transcriber.run(), name="post-call"))
+    from asr import create_engine
+    from callassist.postcall import PostCallPass
+    # The live engine's own exact pass is worth running when its live decodes are cut for speed
+    # (Whisper); sharing it, the post-call work waits for the live calls (asr.scheduler BATCH).
+    shared = post_engine == engine.name
+    retranscribe = bool(post_engine) and (not shared or not engine.live_is_exact)
+    factory = (lambda: engine) if shared else (lambda: create_engine(config, name=post_engine))
+    post_call = PostCallPass(factory if retranscribe else None, matcher, bus, owns_engine=not shared,
+                             save_stats=store.analytics.save_stats, analytics=config.analytics)
+    tasks.append(asyncio.create_task(post_call.run(), name="post-call"))
     ari = None
     if demo:
         from callassist.demo import run_demo_calls
@@ -143,7 +148,7 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
             print(f"  demo login ({role}): {username} / {password}", flush=True)
         tasks.append(asyncio.create_task(run_demo_calls(
             engine, matcher, bus.publish, recordings_dir, once=once,
-            recording_format=config.recording.format), name="demo"))
+            recording_format=config.recording.format, analytics=config.analytics), name="demo"))
     elif config.ari.url:
         from ari_app.app import AriApp
         ari = AriApp.from_config(config, bus, engine, matcher, recordings_dir, resumable=resumable)

@@ -139,3 +139,140 @@ def run(args: argparse.Namespace) -> int:
         print(report(evaluate(matcher, noisy), f"{names}, {args.noisy} ASR-noised copies ({label})",
                      args.details))
     return 0
+
+
+# --- whole calls: the call-level reading (prompts.call_reading) ----------------------------
+#
+#     callassist eval-calls [FILE ...] [--details]
+#
+# With no FILE: the dev set (prompts/corpus/calls_dev.jsonl) and, when present, the blind set
+# (calls_blind.jsonl, written apart from the reader and never tuned on). One JSON object a
+# line: {"id", "complaint_type", "interest", "customer_type", "turns": [{"speaker", "text"}],
+# "agent_techniques": {...}, "note"}. Cards come from the matcher run on every turn.
+
+CALLS_DEV_FILE = Path(__file__).with_name("corpus") / "calls_dev.jsonl"
+CALLS_BLIND_FILE = Path(__file__).with_name("corpus") / "calls_blind.jsonl"
+CALL_LABELS = ("complaint_type", "customer_type", "interest")
+CALL_LABEL_VALUES = {
+    "complaint_type": ("venting", "justice", "extortion", "publicity", "attack", "ordinary"),
+    "customer_type": ("chameleon", "grenade", "know_it_all", "professional", "violent", "publicizer",
+                      "ordinary"),
+    "interest": ("material", "non_material"),
+}
+
+
+@dataclass(frozen=True)
+class LabelledCall:
+    id: str
+    labels: dict[str, str]                 # complaint_type, customer_type, interest
+    turns: tuple[dict[str, str], ...]
+    note: str = ""
+
+
+def read_calls(path: Path) -> list[LabelledCall]:
+    """A labelled-calls JSONL file; CorpusError names the file and line of a bad one."""
+    import json
+    calls = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise CorpusError(f"{where}: not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CorpusError(f"{where}: a call must be a JSON object")
+        labels = {}
+        for key in CALL_LABELS:
+            if data.get(key) not in CALL_LABEL_VALUES[key]:
+                raise CorpusError(f"{where}: {key} must be one of {', '.join(CALL_LABEL_VALUES[key])}, "
+                                  f"got {data.get(key)!r}")
+            labels[key] = data[key]
+        turns = data.get("turns")
+        if not isinstance(turns, list) or not turns or not all(
+                isinstance(t, dict) and t.get("speaker") in ("customer", "agent")
+                and isinstance(t.get("text"), str) for t in turns):
+            raise CorpusError(f"{where}: turns must be a list of {{\"speaker\": customer|agent, \"text\"}}")
+        calls.append(LabelledCall(str(data.get("id", f"line {number}")), labels,
+                                  tuple({"speaker": t["speaker"], "text": t["text"]} for t in turns),
+                                  str(data.get("note", ""))))
+    return calls
+
+
+@dataclass
+class CallsEvaluation:
+    calls: int = 0
+    per_label: dict[str, dict[str, CategoryStats]] = field(default_factory=dict)
+    correct: Counter = field(default_factory=Counter)             # label kind -> calls right
+    confusions: dict[str, Counter] = field(default_factory=dict)  # kind -> (expected, read) -> n
+    mistakes: list[tuple[LabelledCall, str, str, str]] = field(default_factory=list)
+
+    def stats(self, kind: str, value: str) -> CategoryStats:
+        return self.per_label.setdefault(kind, {}).setdefault(value, CategoryStats())
+
+
+def evaluate_calls(matcher: Matcher, calls: list[LabelledCall]) -> CallsEvaluation:
+    from prompts.call_reading import cards_from_matcher, read_call
+    result = CallsEvaluation()
+    for call in calls:
+        reading = read_call(call.turns, cards_from_matcher(matcher, call.turns))
+        got = {"complaint_type": reading.complaint_type.key, "customer_type": reading.customer_type.key,
+               "interest": reading.interest.key}
+        result.calls += 1
+        for kind in CALL_LABELS:
+            expected, read = call.labels[kind], got[kind]
+            if expected == read:
+                result.correct[kind] += 1
+                result.stats(kind, expected).true_positives += 1
+                continue
+            result.stats(kind, expected).false_negatives += 1
+            result.stats(kind, read).false_positives += 1
+            result.confusions.setdefault(kind, Counter())[(expected, read)] += 1
+            result.mistakes.append((call, kind, expected, read))
+    return result
+
+
+def calls_report(result: CallsEvaluation, title: str, details: bool = False) -> str:
+    lines = [f"== {title}: {result.calls} calls"]
+    for kind in CALL_LABELS:
+        right = result.correct[kind]
+        lines.append(f"-- {kind}: {right}/{result.calls} right "
+                     f"({100 * right / result.calls if result.calls else 0:.0f}%)")
+        lines.append(f"   {'type':14} {'recall':>11} {'precision':>10} {'F1':>6}")
+        for value in CALL_LABEL_VALUES[kind]:
+            s = result.per_label.get(kind, {}).get(value)
+            if s is None:
+                continue
+            expected = s.true_positives + s.false_negatives
+            read = s.true_positives + s.false_positives
+            lines.append(f"   {value:14} {s.true_positives:4}/{expected:<4}{100 * s.recall:4.0f}% "
+                         f"{100 * s.precision:6.0f}%/{read:<3}{s.f1:5.2f}")
+        if result.confusions.get(kind):
+            pairs = ", ".join(f"{a}->{b} {n}" for (a, b), n in result.confusions[kind].most_common(6))
+            lines.append(f"   confusions (expected -> read): {pairs}")
+    if details:
+        for call, kind, expected, read in result.mistakes:
+            lines.append(f"  {call.id:10} {kind:14} expected {expected:12} read {read}")
+    return "\n".join(lines)
+
+
+def run_calls(args: argparse.Namespace) -> int:
+    from callassist.config import ConfigError, load_config
+    from prompts.call_reading import CallTypesError
+    from prompts.playbook import PlaybookError, load_playbook
+    files = [Path(f) for f in args.files] or [
+        f for f in (CALLS_DEV_FILE, CALLS_BLIND_FILE) if f == CALLS_DEV_FILE or f.exists()]
+    try:
+        config = load_config(args.config)
+        matcher = Matcher.from_config(load_playbook(), config.matcher)
+        sets = [(path, read_calls(path)) for path in files]
+        results = [(path, evaluate_calls(matcher, calls)) for path, calls in sets]
+    except (ConfigError, PlaybookError, CorpusError, CallTypesError, OSError) as exc:
+        print(f"callassist eval-calls: {exc}", file=sys.stderr)
+        return 2
+    print("\n\n".join(calls_report(result, str(path), args.details) for path, result in results))
+    if any(path.name.startswith("calls_dev") for path in files):
+        print("\n(the calls_dev* files are the reading model's training data: their figures flatter it; "
+              "`python -m prompts.call_reading_train --no-write` prints cross-validated ones)")
+    return 0

@@ -66,6 +66,10 @@ from prompts.playbook import Category, Playbook
 SHORT_PHRASE = 2          # phrases this short need an exact hit (see module docstring)
 EXACT_PINYIN_MAX = 3      # phrases this short match on exact pinyin only, never fuzzy pinyin
 INSERTION_MIN_LENGTH = 4  # phrases this long tolerate one inserted character
+# The intent model alone fires only on utterances this long: its n-grams of a two- or three-
+# character partial (你们, 营业员 while the customer is still speaking, or a hotword Whisper echoed
+# into a short interim) say nothing about the sentence yet. Phrases match at any length.
+MIN_MODEL_CHARS = 4
 _MASK_CHAR = "\x00"       # stands for an excluded character; never equals a phrase char
 _MASK_SYLLABLE = "#"
 _PAD = "\x01"             # pads the utterance for rapidfuzz; matches nothing
@@ -372,7 +376,7 @@ class Matcher:
             phrase_match = phrase_matches.get(category_id)
             if phrase_match is not None and p >= self.veto:
                 matches.append(phrase_match)
-            elif p >= reading.threshold(category_id):
+            elif len(text.chars) >= MIN_MODEL_CHARS and p >= reading.threshold(category_id):
                 span = reading.span(category_id, excluded)
                 if span[1] > span[0]:
                     matches.append(Match(self.playbook.categories[cat_index],

@@ -211,3 +211,73 @@ async def test_times_in_a_skipped_pause_are_moved_out_of_it(matcher):
     finals = [e for e in events if isinstance(e, TranscriptUpdate) and e.final]
     assert [round(e.start, 1) for e in finals] == [1.0, 6.0]
     assert [round(e.end, 1) for e in finals] == [2.0, 7.5]
+
+
+# --- a decoder that is behind, and the live conversation measures ----------------------
+
+async def submit_in_frames(pipeline: CallPipeline, speaker: str, audio: np.ndarray, frame: int = 320) -> None:
+    for pos in range(0, len(audio), frame):
+        pipeline.submit(speaker, audio[pos:pos + frame].tobytes())
+
+
+@pytest.mark.parametrize("admitting", [True, False])
+async def test_a_call_that_starts_while_the_decoder_is_behind_is_told_so(matcher, admitting):
+    from callassist.events import CallFault
+    script = {"customer": [ScriptedUtterance("我 要 投诉", 0.5, 1.5)]}
+    events = []
+    pipeline = CallPipeline("c9", ScriptedEngine(script, admitting=admitting), matcher, events.append)
+    await submit_in_frames(pipeline, "customer", np.concatenate([silence(0.5), voiced(1), silence(1)]))
+    await pipeline.finish()
+    faults = [e.problem for e in events if isinstance(e, CallFault)]
+    assert len(faults) == (0 if admitting else 1)          # admitting: the control
+    assert all("满负荷" in problem for problem in faults)
+    assert [e.text for e in events if isinstance(e, TranscriptUpdate) and e.final] == ["我 要 投诉"]
+
+
+async def test_finals_that_waited_for_the_decoder_raise_one_fault_a_minute(matcher):
+    from callassist.events import CallFault
+    script = {"customer": [ScriptedUtterance("第一 句", 0.5, 1.0, waited=0.0),      # in time: no fault
+                           ScriptedUtterance("第二 句", 2.0, 2.5, waited=3.2),
+                           ScriptedUtterance("第三 句", 4.0, 4.5, waited=4.0),      # same minute: quiet
+                           ScriptedUtterance("第四 句", 66.0, 66.5, waited=5.0)]}
+    events = []
+    pipeline = CallPipeline("c10", ScriptedEngine(script), matcher, events.append, skip_silence=False)
+    await feed_in_frames(pipeline, "customer", voiced(68), frame=16000)
+    await pipeline.finish()
+    faults = [e.problem for e in events if isinstance(e, CallFault)]
+    assert faults == ["识别延迟 3.2 秒：本机语音识别跟不上，提示卡会晚到",
+                      "识别延迟 5.0 秒：本机语音识别跟不上，提示卡会晚到"]
+    assert len([e for e in events if isinstance(e, TranscriptUpdate) and e.final]) == 4
+
+
+async def test_a_live_call_publishes_its_conversation_measures(matcher):
+    from callassist.config import load_config
+    from callassist.events import ConversationUpdated
+    script = {"customer": [ScriptedUtterance("你们 乱 扣 我 话费", 0.5, 2.5)],
+              "agent": [ScriptedUtterance("您 别 着急", 3.0, 4.0)]}
+    events = []
+    pipeline = CallPipeline("c11", ScriptedEngine(script), matcher, events.append,
+                            analytics=load_config().analytics)
+    pipeline.start_leg("agent", 3.0)
+    await submit_in_frames(pipeline, "customer", np.concatenate([silence(0.5), voiced(2, seed=1), silence(2.5)]))
+    await submit_in_frames(pipeline, "agent", np.concatenate([voiced(1, seed=2), silence(1)]))
+    await pipeline._conversation.update()     # what the 5 s timer does
+    await pipeline.finish()
+    updates = [e for e in events if isinstance(e, ConversationUpdated)]
+    assert updates, "no conversation measures published"
+    legs = updates[-1].stats["legs"]
+    # the agent leg starts at 3.0 s on the call's timeline, not at 0
+    assert legs["customer"]["talk_seconds"] == pytest.approx(2.0, abs=0.3)
+    assert legs["agent"]["talk_seconds"] == pytest.approx(1.0, abs=0.3)
+    assert not updates[-1].stats["talk_over"], "the agent spoke after the customer: no talk-over"
+
+
+async def test_file_analysis_measures_nothing_live(matcher):
+    """The control: without [analytics] (file analysis) the pipeline publishes no measures."""
+    from callassist.events import ConversationUpdated
+    events = []
+    pipeline = CallPipeline("c12", ScriptedEngine({}), matcher, events.append)
+    await submit_in_frames(pipeline, "customer", voiced(1))
+    await pipeline.finish()
+    assert pipeline._conversation is None
+    assert not [e for e in events if isinstance(e, ConversationUpdated)]

@@ -10,7 +10,7 @@ from agent_ui.store import Store
 from asr.fake import ScriptedEngine, ScriptedUtterance
 from callassist.bus import EventBus
 from callassist.events import CallEnded, CallStarted, TranscriptRevised, TranscriptUpdate
-from callassist.postcall import PostCallTranscriber
+from callassist.postcall import PostCallPass
 from prompts.matcher import Matcher
 from prompts.playbook import load_playbook
 
@@ -23,7 +23,7 @@ async def test_recording_is_retranscribed_and_replaces_the_live_transcript(tmp_p
                                "agent": [ScriptedUtterance("您好 请 讲", 0.1, 0.4)]})
     bus, store = EventBus(), Store(tmp_path / "db.sqlite")
     recorder = asyncio.create_task(store.run(bus))
-    transcriber = PostCallTranscriber(lambda: accurate, Matcher(load_playbook()), bus)
+    transcriber = PostCallPass(lambda: accurate, Matcher(load_playbook()), bus)
     worker = asyncio.create_task(transcriber.run())
     revised = bus.subscribe()
 
@@ -43,7 +43,7 @@ async def test_recording_is_retranscribed_and_replaces_the_live_transcript(tmp_p
 
 async def test_unreadable_recording_is_reported_and_skipped(tmp_path, caplog):
     bus = EventBus()
-    transcriber = PostCallTranscriber(lambda: ScriptedEngine({}), Matcher(load_playbook()), bus)
+    transcriber = PostCallPass(lambda: ScriptedEngine({}), Matcher(load_playbook()), bus)
     bad = tmp_path / "broken.wav"
     bad.write_text("not audio")
     assert await transcriber.transcribe("c2", bad) is None
@@ -54,3 +54,21 @@ async def _first(subscription, kind):
     async for event in subscription:
         if isinstance(event, kind):
             return event
+
+
+async def test_the_live_engine_shared_for_the_exact_pass_is_left_open(tmp_path):
+    """serve hands Whisper's live engine to the post-call pass (its live decodes are cut for
+    speed): the pass must not close it when it stops; an engine of its own it does close."""
+    path = tmp_path / "call.wav"
+    sf.write(path, np.zeros((16000 * 2, 2), np.int16), 16000)
+    for owns in (False, True):
+        bus = EventBus()
+        engine = ScriptedEngine({"customer": [ScriptedUtterance("您好", 0.1, 0.4)]})
+        post_call = PostCallPass(lambda engine=engine: engine, Matcher(load_playbook()), bus, owns_engine=owns)
+        worker = asyncio.create_task(post_call.run())
+        revised = bus.subscribe()
+        bus.publish(CallEnded(f"c-{owns}", 2.0, recording=str(path)))
+        await asyncio.wait_for(_first(revised, TranscriptRevised), 30)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        assert engine._closed is owns

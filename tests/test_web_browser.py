@@ -6,10 +6,8 @@ when set: `CALLASSIST_SCREENSHOTS_DIR=docs/screenshots` refreshes the README's p
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -20,7 +18,7 @@ from callassist.events import (AgentJoined, CallEnded, CallStarted, TranscriptLi
                                TranscriptRevised, TranscriptUpdate)
 from asr.fake import ScriptedUtterance
 from prompts.playbook import load_playbook
-from web_fixtures import (CHROMIUM, COMPLAINT_SECONDS, browser_login, launch_browser, make_config,
+from web_fixtures import (CHROMIUM, COMPLAINT_SECONDS, browser_login, launch_browser, make_config, screenshots_dir,
                           make_store, simulate_call, start_app, until, write_wav)
 
 pytestmark = [
@@ -30,7 +28,6 @@ pytestmark = [
                        "(apt-get install chromium)"),
 ]
 
-SCREENSHOTS_ENV = "CALLASSIST_SCREENSHOTS_DIR"
 ARCHIVED = "1700000000.101"
 VIEWPORT = {"width": 1440, "height": 900}
 SMALL_SCREEN = {"width": 1366, "height": 768}      # the agents' laptops
@@ -76,9 +73,7 @@ async def env(tmp_path_factory):
     await until(lambda: (e.store.get_call(ARCHIVED) or {}).get("status") == "ended")
     e.playwright = await async_playwright().start()
     e.browser = await launch_browser(e.playwright)
-    chosen = os.environ.get(SCREENSHOTS_ENV, "").strip()
-    e.screenshots = Path(chosen).expanduser() if chosen else tmp_path_factory.mktemp("screenshots")
-    e.screenshots.mkdir(parents=True, exist_ok=True)
+    e.screenshots = screenshots_dir(tmp_path_factory)
     yield e
     await e.browser.close()
     await e.playwright.stop()

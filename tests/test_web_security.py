@@ -251,12 +251,14 @@ async def test_websocket_reconnect_replays_only_what_was_missed(site):
         site.bus.publish(TranscriptUpdate(THEIRS, "agent", 50, "好的 我 记下 了", 20.0, 21.0, True))
         site.bus.publish(CallEnded(THEIRS, 22.0))
         await until(lambda: site.store.get_call(THEIRS)["status"] == "ended")
+        # the call's final reading (agent_ui.live_reading) follows its end
+        await until(lambda: (site.store.analytics.get(THEIRS) or {}).get("reading") is not None)
         # the call has ended: it is replayed because the client still shows it
         ws = await http.ws_connect(site.url + "/ws", origin=site.url)
         await ws.send_json({"last_seq": first[-1], "calls": [THEIRS]})
         replay = await read_until_ready(ws)
         await ws.close()
-        assert [m["event"]["type"] for m in replay] == ["TranscriptUpdate", "CallEnded"]
+        assert [m["event"]["type"] for m in replay] == ["TranscriptUpdate", "CallEnded", "CallReadingUpdated"]
         assert all(m["seq"] > first[-1] for m in replay)
 
 

@@ -5,6 +5,7 @@ chromium driven by Playwright."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from agent_ui.store import Store, open_store
 from asr.fake import ScriptedEngine, ScriptedUtterance
 from callassist.bus import EventBus
 from callassist.config import Config, load_config
-from callassist.events import AgentJoined, CallEnded, CallStarted
+from callassist.events import (AgentJoined, CallEnded, CallEvent, CallStarted, Card, CardFired,
+                               TranscriptUpdate)
 from callassist.pipeline import CallPipeline
 from prompts.matcher import Matcher
 from prompts.playbook import Playbook, load_playbook
@@ -64,6 +66,18 @@ COMPLAINT_SCRIPT = {
     ],
 }
 COMPLAINT_SECONDS = 16.0
+
+
+SCREENSHOTS_ENV = "CALLASSIST_SCREENSHOTS_DIR"
+
+
+def screenshots_dir(tmp_path_factory: Any) -> Path:
+    """Where the browser tests save screenshots: a temporary folder, or $CALLASSIST_SCREENSHOTS_DIR
+    (`CALLASSIST_SCREENSHOTS_DIR=docs/screenshots` refreshes the README's pictures)."""
+    chosen = os.environ.get(SCREENSHOTS_ENV, "").strip()
+    path = Path(chosen).expanduser() if chosen else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def make_config(data_dir: Path, **web: Any) -> Config:
@@ -154,6 +168,56 @@ async def simulate_call(bus: EventBus, call_id: str, endpoint: str,
     await pipeline.finish()
     if end:
         bus.publish(CallEnded(call_id, seconds, str(recording) if recording else None))
+
+
+@dataclass(frozen=True)
+class SeedLine:
+    """A final transcript line of a seeded call (seconds from the call's start)."""
+    speaker: str
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class SeedCard:
+    """A card on a seeded call: the playbook category's title, severity and script."""
+    category: str
+    start: float
+    text: str
+    speaker: str = "customer"
+
+
+def record_call(store: Store, call_id: str, started_at: float, endpoint: str = "",
+                lines: Iterable[SeedLine] = (), cards: Iterable[SeedCard] = (),
+                seconds: float = 60.0, end: bool = True, recording: Path | None = None,
+                caller: str = "13800138000") -> None:
+    """A whole call stored at a chosen time through the real Store API (the events the
+    bus would carry: CallStarted, AgentJoined, final TranscriptUpdates, CardFired,
+    CallEnded), for pages that look back over days: the archive, trends."""
+    playbook = load_playbook()
+    events: list[CallEvent] = [CallStarted(call_id, caller=caller, source="import", at=started_at)]
+    if endpoint:
+        events.append(AgentJoined(call_id, endpoint, at=started_at))
+    lines = sorted(lines, key=lambda line: line.start)
+    for index, line in enumerate(lines):
+        events.append(TranscriptUpdate(call_id, line.speaker, index, line.text, line.start, line.end, True,
+                                       at=started_at + line.end))
+    for index, seeded in enumerate(cards):
+        category = playbook.category(seeded.category)
+        utterance = next((i for i, line in enumerate(lines) if line.speaker == seeded.speaker
+                          and line.start <= seeded.start <= line.end), 0)
+        events.append(CardFired(call_id, Card(
+            card_id=f"{call_id}-card{index}", category=category.id, title=category.title,
+            severity=category.severity, speaker=seeded.speaker, text=seeded.text,
+            phrase=seeded.text, score=1.0, start=seeded.start, end=seeded.start + 1.0,
+            utterance=utterance, script=tuple(category.script), citations=(),
+            alert_supervisor=category.severity == "critical", confirmed=True, heard=seeded.text,
+            via="chars"), at=started_at + seeded.start))
+    if end:
+        events.append(CallEnded(call_id, seconds, str(recording) if recording else None,
+                                at=started_at + seconds))
+    store.record_many(events)
 
 
 async def until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:

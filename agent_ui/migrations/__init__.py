@@ -177,8 +177,20 @@ _ACCOUNTS = (
     "CREATE INDEX audit_log_target ON audit_log(target, id)",
 )
 
+# Conversation analytics and the call-level reading of each call (agent_ui.analytics_store):
+# JSON documents, one row per call, gone with the call.
+_CALL_ANALYTICS = (
+    """CREATE TABLE call_analytics (
+        call_id    TEXT PRIMARY KEY REFERENCES calls(call_id) ON DELETE CASCADE,
+        stats      TEXT,
+        reading    TEXT,
+        updated_at REAL NOT NULL
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "cards: heard and via", _CARD_HEARD_VIA),
     Migration(3, "accounts: disabled users, session origin, audit log", _ACCOUNTS),
+    Migration(4, "call analytics: conversation stats and call reading", _CALL_ANALYTICS),
 )

@@ -143,6 +143,13 @@ async def call_json(request: web.Request) -> web.Response:
     return web.json_response(detail)
 
 
+async def call_analytics(request: web.Request) -> web.Response:
+    """The call's conversation stats and reading (null until computed); same access as the call."""
+    call_id = require_call(request, request.match_info["call_id"])["call_id"]
+    stored = request.app[APP_STORE].analytics.get(call_id) or {}
+    return web.json_response({"stats": stored.get("stats"), "reading": stored.get("reading")})
+
+
 async def live_calls(request: web.Request) -> web.Response:
     user = current_user(request)
     store = request.app[APP_STORE]
@@ -201,6 +208,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/meta", meta)
     app.router.add_get("/api/calls", list_calls)
     app.router.add_get("/api/calls/{call_id}", call_json)
+    app.router.add_get("/api/calls/{call_id}/analytics", call_analytics)
     app.router.add_get("/api/live", live_calls)
     app.router.add_post("/api/cards/{card_id}/ack", acknowledge)
     app.router.add_post("/api/cards/{card_id}/feedback", feedback)

@@ -23,6 +23,7 @@ NAV = (  # (path, label, roles)
     ("/agent", "坐席助手", ("agent", "admin")),
     ("/supervisor", "实时监控", ("supervisor", "admin")),
     ("/qa", "质检回放", ("agent", "supervisor", "qa", "admin")),
+    ("/trends", "趋势分析", ("supervisor", "qa", "admin")),
     ("/users", "用户管理", ("admin",)),
 )
 
@@ -57,7 +58,7 @@ def _nav(user: dict[str, Any] | None, current: str) -> str:
 # The modules each page module imports: fetched alongside it, not one after another.
 _LIVE = ("common.js", "cards.js", "live.js", "socket.js")
 IMPORTS = {"agent.js": _LIVE, "supervisor.js": _LIVE, "qa_list.js": ("common.js",),
-           "qa_call.js": ("common.js", "cards.js")}
+           "qa_call.js": ("common.js", "cards.js"), "trends.js": ("common.js",)}
 
 
 def _scripts(script: str | None) -> str:

@@ -1,6 +1,9 @@
 // The supervisor board: every live call with its agent, ticking duration, triggers
 // and risk (the store's, refreshed from /api/live after card events); an alert with
 // sound when a call turns critical; click a call for its live transcript and cards.
+// The call's reading (CallReadingUpdated: complaint/customer type and escalation score
+// 0-100 with its factors) fills the 通话类型 and 升级分 columns; rows are ordered by
+// risk level (critical first), then escalation score, then oldest first.
 // The header counts the calls in progress, which are exactly the rows listed under it;
 // a call that ends moves to a separate 刚结束 group (with its real duration, from
 // CallEnded) for a minute, then leaves.
@@ -31,6 +34,8 @@ function entry(callId) {
   if (call) return call;
   const cells = {
     risk: el('td', {}, el('span', { class: 'risk normal', text: RISKS.normal })),
+    escalation: el('td', { class: 'escalation', text: '—' }),
+    reading: el('td', { class: 'reading-type', text: '—' }),
     agent: el('td', { class: 'agent', text: '—' }),
     caller: el('td', { text: '' }),
     duration: el('td', { class: 'duration', text: '00:00' }),
@@ -38,7 +43,7 @@ function entry(callId) {
   };
   const row = el('tr', { dataset: { callId }, tabindex: '0', onclick: () => open(callId),
     onkeydown: (e) => { if (e.key === 'Enter') open(callId); } }, Object.values(cells));
-  call = { callId, events: [], row, cells, risk: 'normal', startedAt: null, cards: new Map(), view: null, ended: false };
+  call = { callId, events: [], row, cells, risk: 'normal', score: 0, startedAt: null, cards: new Map(), view: null, ended: false };
   calls.set(callId, call);
   tbody.append(row);
   return call;
@@ -63,6 +68,10 @@ function apply(event) {
       if (call.cells.agent.textContent === '—') call.cells.agent.textContent = event.endpoint;
       break;
     case 'CardFired': call.cards.set(event.card.card_id, event.card); break;
+    case 'CallReadingUpdated':
+      setReading(call, event.reading);
+      if (ready && !call.ended) sortRows();
+      break;
     case 'CardWithdrawn': call.cards.delete(event.card_id); break;
     case 'CallEnded':
       // the call's own length: the board's clock ran on while the recogniser finished
@@ -88,6 +97,23 @@ function renderTriggers(call) {
   for (const card of call.cards.values()) titles.set(card.title, card.severity);
   call.cells.triggers.replaceChildren(el('div', { class: 'chips' }, el('b', { text: String(call.cards.size) }),
     [...titles].map(([title, severity]) => el('span', { class: `chip sev-${severity}`, text: title }))));
+}
+
+function setReading(call, reading) {
+  const { complaint_type: complaint, customer_type: customer, escalation } = reading;
+  call.score = escalation.score;
+  call.row.dataset.score = String(escalation.score);
+  const factors = escalation.factors.filter((f) => f.value > 0)
+    .sort((a, b) => b.value - a.value).map((f) => `${f.label} ${Math.round(f.value)}`);
+  // the score and its largest factor; every factor in the tooltip
+  call.cells.escalation.replaceChildren(el('b', { text: String(escalation.score) }),
+    ...(factors.length ? [el('small', { text: factors[0] })] : []));
+  call.cells.escalation.title = factors.join('，');
+  const short = (name) => name.replace(/（.*）$/, '');
+  call.cells.reading.replaceChildren(
+    el('span', { text: complaint.key === 'ordinary' ? '普通投诉' : short(complaint.name) }),
+    ...(customer.key === 'ordinary' ? [] : [el('small', { text: customer.name })]));
+  call.cells.reading.title = [complaint.name, customer.name].join(' · ');
 }
 
 function remove(callId) {
@@ -116,7 +142,7 @@ function setRisk(call, risk, alert) {
 
 function sortRows() {
   const rows = [...calls.values()].filter((c) => !c.ended).sort((a, b) =>
-    (RISK_ORDER[b.risk] - RISK_ORDER[a.risk]) || ((a.startedAt ?? 0) - (b.startedAt ?? 0)));
+    (RISK_ORDER[b.risk] - RISK_ORDER[a.risk]) || (b.score - a.score) || ((a.startedAt ?? 0) - (b.startedAt ?? 0)));
   for (const call of rows) tbody.append(call.row);
   updateCount();
 }

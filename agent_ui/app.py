@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +81,23 @@ def create_app(config: Any, store: Any, bus: Any = None, playbook: Any = None,
 
 
 def _live_reading(store: Any, bus: Any):
-    async def read(app: web.Application) -> AsyncIterator[None]:
+    def reader(app: web.Application) -> Coroutine[Any, Any, None]:
         from agent_ui.live_reading import LiveReader
-        reader = app[APP_LIVE_READER] = LiveReader(bus.publish, store)
-        task = asyncio.create_task(reader.run(bus), name="live-reading")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return read
+        live = app[APP_LIVE_READER] = LiveReader(bus.publish, store)
+        return live.run(bus)
+    return _for_lifetime("live-reading", reader)
 
 
 def _recorder(store: Any, bus: Any):
-    async def record(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(store.run(bus), name="store-recorder")
+    return _for_lifetime("store-recorder", lambda app: store.run(bus))
+
+
+def _for_lifetime(name: str, start: Callable[[web.Application], Coroutine[Any, Any, None]]):
+    """An aiohttp cleanup_ctx running `start(app)`'s coroutine as a task while the app runs."""
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(start(app), name=name)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    return record
+    return run

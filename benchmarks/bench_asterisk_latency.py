@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ SENTENCES = ("你们乱扣我话费，我要精神赔偿。", "再不解决我�
              "我已经请了律师，准备起诉你们。", "你们基站辐射太大了，影响我家人健康。",
              "我要求双倍返还，不然我去消协投诉。")
 AGENT_LINES = ("您好，请问有什么可以帮您？", "您先别着急，我马上为您核实。", "好的，我记下了。")
+# words Whisper appends after a sentence from the silence that follows it (none of the lines end so)
+STRAY_ENDINGS = ("请注意", "您好", "这边", "作词", "谢谢观看", "字幕")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -103,7 +104,7 @@ async def run_calls(asterisk_ari, engine, matcher, recordings: Path, audio, call
     cpu = (time.process_time() - cpu_before) / (time.monotonic() - wall_before) * 100
     result: dict[str, list[float]] = {k: [] for k in ("interim", "final", "card", "card_1st", "card_2nd",
                                                        "final_1st", "final_2nd")}
-    faults = withdrawn = 0
+    faults = withdrawn = stray = finals = 0
     for call in [e for e in run.events if isinstance(e, CallStarted)]:
         ended = run.of(call.call_id, CallEnded)
         if not ended or not ended[0].recording:
@@ -113,6 +114,10 @@ async def run_calls(asterisk_ari, engine, matcher, recordings: Path, audio, call
         cards = [e for e in run.of(call.call_id, CardFired) if e.card.speaker == "customer"]
         faults += sum("识别" in e.problem for e in run.of(call.call_id, CallFault))
         withdrawn += len(run.of(call.call_id, CardWithdrawn))
+        for line in run.of(call.call_id, TranscriptUpdate):
+            if line.final and line.text:
+                finals += 1
+                stray += line.text.strip(" ，,。.！!？?").endswith(STRAY_ENDINGS)
         half = (times[0][0] + times[-1][1]) / 2
         if os.environ.get("BENCH_DUMP"):
             print("offset", offset, "sentences", [(round(a + offset, 2), round(b + offset, 2)) for a, b in times])
@@ -137,31 +142,18 @@ async def run_calls(asterisk_ari, engine, matcher, recordings: Path, audio, call
             if card:
                 result["card"].append(min(card) - (call.at + t))
                 result[f"card_{part}"].append(min(card) - (call.at + t))
-    result_summary = {"cpu": cpu, "faults": faults, "withdrawn": withdrawn,
+    result_summary = {"cpu": cpu, "faults": faults, "withdrawn": withdrawn, "stray": f"{stray}/{finals}",
                       "shed": getattr(engine.meter, "interims_shed", 0) - shed_before,
                       "sentences": len(times) * calls, **result}
     return result_summary
 
 
 def start_asterisk(work: Path):
-    from asterisk_fixture import (AGENTS, AriAccess, BundledAsterisk, _short_dir, ari_user, free_port,
-                                  render_config, unpack_asterisk)
+    """The shared Asterisk with config/asterisk/, as the tests start it."""
+    from asterisk_fixture import start_asterisk as start
 
     (work / "asterisk-build").mkdir()
-    root = unpack_asterisk(work / "asterisk-build")
-    run_dir = _short_dir(work, "ast-")
-    config_dir, state_dir = run_dir / "etc", run_dir / "state"
-    http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
-    agent_ports = {agent: free_port(socket.SOCK_DGRAM) for agent in AGENTS}
-    render_config(config_dir, http_port, sip_port, agent_ports)
-    user, password = ari_user(config_dir)
-    ari = AriAccess(f"http://127.0.0.1:{http_port}", user, password)
-    server = BundledAsterisk(root, config_dir, state_dir)
-    state_dir.mkdir(parents=True)
-    server.start()
-    server.wait_ready(ari)
-    server.sip = {"host": "127.0.0.1", "port": sip_port, "agents": agent_ports}
-    return server, ari
+    return start(work / "asterisk-build", work)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -188,18 +180,20 @@ async def main(args: argparse.Namespace) -> None:
         (work / "audio").mkdir()
         (work / "audio").chmod(0o755)
         audio = await asyncio.to_thread(build_audio, work / "audio", args.sentences)
-        server, ari = await asyncio.to_thread(start_asterisk, work)
+        server, asterisk = await asyncio.to_thread(start_asterisk, work)
+        ari = asterisk.ari
         print(f"code: {args.repo}  engine: {engine.name}{note}  customer sentences per call: {args.sentences} "
               f"({len(audio[2]) / 16000:.0f} s calls)  cores: {os.cpu_count()}  load: {os.getloadavg()[0]:.2f}")
         print("seconds after the sentence's first audio (interim) or last audio (final, card); p50 p95")
         print(" calls  interim(p50 p95)  final(p50 p95)  card(p50 p95)  card 1st half  card 2nd half  "
-              "cards/sentences  withdrawn  decode faults  shed  CPU%")
+              "cards/sentences  withdrawn  decode faults  shed  CPU%  finals ending in a stray word")
         try:
             for calls in args.calls:
                 r = await run_calls(ari, engine, matcher, work / f"rec-{calls}", audio, calls)
                 print(f" {calls:5d}  {fmt(r['interim'])}       {fmt(r['final'])}     {fmt(r['card'])}    "
                       f"{fmt(r['card_1st'])}    {fmt(r['card_2nd'])}    {len(r['card']):3d}/{r['sentences']:<3d}"
-                      f"          {r['withdrawn']:3d}        {r['faults']:3d}    {r['shed']:4d}  {r['cpu']:4.0f}",
+                      f"          {r['withdrawn']:3d}        {r['faults']:3d}    {r['shed']:4d}  {r['cpu']:4.0f}"
+                      f"  {r['stray']}",
                       flush=True)
         finally:
             with contextlib.suppress(Exception):

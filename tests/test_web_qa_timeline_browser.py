@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 
 from callassist.bus import EventBus
-from web_fixtures import (CHROMIUM, SeedCard, SeedLine, browser_login, launch_browser, make_config,
-                          make_store, record_call, screenshots_dir, start_app, write_wav)
+from web_fixtures import (CHROMIUM, SeedCard, SeedLine, browser_env, make_config, make_store, open_page,
+                          record_call, write_wav)
 
 pytestmark = [
     pytest.mark.browser,
@@ -78,42 +78,22 @@ def at(day: int, hour: int) -> float:
     return dt.datetime(2025, 3, day, hour).timestamp()
 
 
-class Env:
-    pass
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory):
-    from playwright.async_api import async_playwright
-    e = Env()
-    e.config = make_config(tmp_path_factory.mktemp("qa-timeline"))
-    e.store = make_store(e.config)
-    wav = write_wav(e.store.recordings_dir / f"{QA_CALL}.wav", SECONDS)
-    record_call(e.store, QA_CALL, at(5, 10), "PJSIP/1001", QA_LINES, QA_CARDS, seconds=SECONDS, recording=wav)
-    record_call(e.store, PLAIN_CALL, at(6, 10), "PJSIP/1001", CALM, [], seconds=6.0)
+    config = make_config(tmp_path_factory.mktemp("qa-timeline"))
+    store = make_store(config)
+    wav = write_wav(store.recordings_dir / f"{QA_CALL}.wav", SECONDS)
+    record_call(store, QA_CALL, at(5, 10), "PJSIP/1001", QA_LINES, QA_CARDS, seconds=SECONDS, recording=wav)
+    record_call(store, PLAIN_CALL, at(6, 10), "PJSIP/1001", CALM, [], seconds=6.0)
     for call_id, day, hour, endpoint, lines, cards in TREND_CALLS:
-        record_call(e.store, call_id, at(day, hour), endpoint, lines, cards, seconds=30.0)
-    e.store.analytics.save_stats(QA_CALL, QA_STATS)
-    e.server = await start_app(e.config, e.store, EventBus())
-    e.playwright = await async_playwright().start()
-    e.browser = await launch_browser(e.playwright)
-    e.screenshots = screenshots_dir(tmp_path_factory)
-    yield e
-    await e.browser.close()
-    await e.playwright.stop()
-    await e.server.stop()
-    e.store.close()
+        record_call(store, call_id, at(day, hour), endpoint, lines, cards, seconds=30.0)
+    store.analytics.save_stats(QA_CALL, QA_STATS)
+    async with browser_env(config, store, EventBus(), tmp_path_factory) as e:
+        yield e
 
 
 async def logged_in_page(env, username):
-    context = await env.browser.new_context(viewport=VIEWPORT, locale="zh-CN")
-    page = await context.new_page()
-    page.set_default_timeout(15000)
-    page.errors = []
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
-    await browser_login(page, env.server.url, username)
-    return page
+    return await open_page(env, username, VIEWPORT)
 
 
 async def open_call(page, env, call_id):

@@ -15,8 +15,8 @@ from asr.fake import ScriptedUtterance
 from callassist.bus import EventBus
 from callassist.events import CallEnded, TranscriptUpdate
 from prompts.call_reading import load_call_types
-from web_fixtures import (CHROMIUM, browser_login, launch_browser, make_config, make_store, screenshots_dir,
-                          simulate_call, start_app, until)
+from web_fixtures import (CHROMIUM, browser_env, make_config, make_store, open_page, simulate_call,
+                          until)
 
 pytestmark = [
     pytest.mark.browser,
@@ -48,38 +48,15 @@ CHARGE = script("我 想 问 一下 这个 月 的 账单", "你们 没 经过 �
 SHORT = script("你好 我 想 问 一下 宽带 的 事", "我 家 宽带 昨天 开始 上 不 了 网", agent=("您好 请 讲",))
 
 
-class Env:
-    pass
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory):
-    from playwright.async_api import async_playwright
-    e = Env()
-    e.config = make_config(tmp_path_factory.mktemp("web-reading"))
-    e.store = make_store(e.config)
-    e.bus = EventBus()
-    e.server = await start_app(e.config, e.store, e.bus)
-    e.playwright = await async_playwright().start()
-    e.browser = await launch_browser(e.playwright)
-    e.screenshots = screenshots_dir(tmp_path_factory)
-    yield e
-    await e.browser.close()
-    await e.playwright.stop()
-    await e.server.stop()
-    e.store.close()
+    config = make_config(tmp_path_factory.mktemp("web-reading"))
+    async with browser_env(config, make_store(config), EventBus(), tmp_path_factory) as e:
+        yield e
 
 
 async def logged_in_page(env, username):
-    context = await env.browser.new_context(viewport=VIEWPORT, locale="zh-CN")
-    page = await context.new_page()
-    page.set_default_timeout(20000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    await browser_login(page, env.server.url, username)
-    page.errors = errors
-    return page
+    return await open_page(env, username, VIEWPORT, timeout_ms=20000)
 
 
 def customer_lines(store, call_id: str) -> int:

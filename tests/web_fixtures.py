@@ -5,9 +5,10 @@ chromium driven by Playwright."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,50 @@ async def http_login(session: aiohttp.ClientSession, base: str, username: str,
 
 async def launch_browser(playwright: Any) -> Any:
     return await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+class BrowserEnv:
+    """What a browser test module shares: the app on a real store, a bus, Chromium."""
+    config: Config
+    store: Store
+    bus: EventBus
+    server: Any
+    browser: Any
+    screenshots: Path
+
+
+@contextlib.asynccontextmanager
+async def browser_env(config: Config, store: Store, bus: EventBus,
+                      tmp_path_factory: Any) -> AsyncIterator[BrowserEnv]:
+    """Start the app on `store` (closed afterwards) and Chromium; a module fixture's body."""
+    from playwright.async_api import async_playwright
+    env = BrowserEnv()
+    env.config, env.store, env.bus = config, store, bus
+    env.server = await start_app(config, store, bus)
+    playwright = await async_playwright().start()
+    try:
+        env.browser = await launch_browser(playwright)
+        env.screenshots = screenshots_dir(tmp_path_factory)
+        yield env
+    finally:
+        if getattr(env, "browser", None) is not None:
+            await env.browser.close()
+        await playwright.stop()
+        await env.server.stop()
+        store.close()
+
+
+async def open_page(env: BrowserEnv, username: str, viewport: dict[str, int],
+                         timeout_ms: int = 15000) -> Any:
+    """A new page logged in as `username`; `page.errors` collects the page's JS errors."""
+    context = await env.browser.new_context(viewport=viewport, locale="zh-CN")
+    page = await context.new_page()
+    page.set_default_timeout(timeout_ms)
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+    await browser_login(page, env.server.url, username)
+    return page
 
 
 async def browser_login(page: Any, base: str, username: str, password: str = PASSWORD) -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -384,6 +385,29 @@ class Matcher:
                                          "intent"))
         return matches
 
+    def still_supports(self, category_id: str, heard: str, text: str, speaker: Speaker) -> bool:
+        """Does the final `text` still hold what a partial result fired `category_id` on?
+        True when `heard` (the partial's trigger) is in it, outside the category's exclusions,
+        and the model does not find the category very unlikely (the veto, as for a phrase
+        match) on the clauses that hold it. The whole final can move the model's mass to
+        what the customer said next (我要求生被返还 fired double_refund; the final
+        我要求生被返还 不然我去消息投诉 reads as a regulator complaint), but the words said
+        before are still there: the card stays, and the next clause gets its own."""
+        prepared = self._prepare(text)
+        heard = normalize(heard)
+        at = prepared.chars.find(heard) if heard else -1
+        if at < 0 or self.intent is None:
+            return False
+        index = self._speakers[speaker]
+        cat_index = self._category_index[category_id]
+        if any(start < at + len(heard) and at < end
+               for start, end in index.excluded_spans(cat_index, prepared)):
+            return False
+        holding = _clauses_holding(text, heard)
+        part = self._prepare(holding)
+        reading = self.intent.read(part.chars, part.folded, speaker)
+        return reading.probability(category_id) >= self.veto
+
     def exclusion_may_follow(self, match: Match, text: str) -> bool:
         """True when `text` (a partial result) ends inside what may still become one of the
         category's exclusions: the partial 投诉你 may yet be 投诉你们. Firing then would
@@ -476,6 +500,24 @@ class _Utterance:
     decided: set[str] = field(default_factory=set)                  # category ids carded
 
 
+_CLAUSE_BREAK = re.compile(r"[，,。.！!？?；;：:\s]+")
+
+
+def _clauses_holding(text: str, heard: str) -> str:
+    """The fewest consecutive clauses of `text` (split at punctuation and spaces) whose
+    normalised text contains `heard`; `text` itself when none do."""
+    clauses = [c for c in _CLAUSE_BREAK.split(text) if c]
+    best = text
+    for first in range(len(clauses)):
+        for last in range(first, len(clauses)):
+            joined = "".join(clauses[first:last + 1])
+            if heard in normalize(joined):
+                if len(joined) < len(best):
+                    best = joined
+                break
+    return best
+
+
 class CallMatcher:
     """Incremental matching for one call: partial results fire cards early, the final
     result of the utterance confirms or withdraws them.
@@ -507,7 +549,7 @@ class CallMatcher:
         events: list[CardEvent] = []
         if final:
             for cat_id, card in state.open_cards.items():
-                if cat_id in matches:
+                if cat_id in matches or self.matcher.still_supports(cat_id, card.heard, text, speaker):
                     events.append(CardConfirmed(self.call_id, card.card_id, shown, end))
                 else:
                     events.append(CardWithdrawn(self.call_id, card.card_id))

@@ -247,3 +247,23 @@ def test_eval_command_bad_input_is_one_clear_line(tmp_path, capsys):
     assert err.startswith("callassist eval: ") and "bad.tsv:1" in err
     assert main(["eval", str(tmp_path / "missing.tsv")]) == 2
     assert "missing.tsv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("final, kept", [
+    # the final adds a clause the model reads as something else: the words said are still there
+    ("我要求生被返还 不然我去消息投诉。", True),
+    # control: the final no longer has the words the partial fired on
+    ("我要求先查一下账单 不然我去消息投诉。", False),
+])
+def test_a_card_fired_on_a_partial_stays_while_the_final_still_holds_its_words(matcher, final, kept):
+    from callassist.events import CardConfirmed, CardFired, CardWithdrawn
+    call = CallMatcher(matcher, "call-1")
+    fired = [e.card for e in call.on_transcript("customer", 0, "我要求生被返还", 0.0, 1.5, final=False)
+             if isinstance(e, CardFired)]
+    assert [c.category for c in fired] == ["double_refund"]
+    events = call.on_transcript("customer", 0, final, 0.0, 3.0, final=True)
+    confirmed = [e.card_id for e in events if isinstance(e, CardConfirmed)]
+    withdrawn = [e.card_id for e in events if isinstance(e, CardWithdrawn)]
+    assert (confirmed, withdrawn) == (([fired[0].card_id], []) if kept else ([], [fired[0].card_id]))
+    if kept:     # and the clause the model read as something else gets its own card
+        assert "regulator_complaint" in {e.card.category for e in events if isinstance(e, CardFired)}

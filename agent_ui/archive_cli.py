@@ -99,7 +99,8 @@ def import_recording(store, path: str | os.PathLike, engine, matcher, *, agent: 
     """Analyse one recording and store it as an ended call. Raises AudioError / OSError /
     StoreError with a message naming the problem; on failure nothing is left behind."""
     if analyze is None:
-        from callassist.analyze import analyze_file as analyze
+        from callassist.analyze import analyze_file
+        analyze = analyze_file
     path = Path(path)
     if path.is_dir():
         from callassist.analyze import check_input_path

@@ -270,12 +270,12 @@ def call_filter(user: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def can_view_live_board(user: Mapping[str, Any] | None) -> bool:
-    return bool(user) and user.get("role") in ("supervisor", "admin")
+    return user is not None and user.get("role") in ("supervisor", "admin")
 
 
 def can_review(user: Mapping[str, Any] | None) -> bool:
-    return bool(user) and user.get("role") in ("qa", "supervisor", "admin")
+    return user is not None and user.get("role") in ("qa", "supervisor", "admin")
 
 
 def can_manage_users(user: Mapping[str, Any] | None) -> bool:
-    return bool(user) and user.get("role") == "admin"
+    return user is not None and user.get("role") == "admin"

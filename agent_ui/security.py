@@ -100,7 +100,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     token = request.cookies.get(SESSION_COOKIE, "")
     session = store.accounts.get_session(token) if token else None
     user = store.accounts.get_user(session["username"]) if session else None
-    if user is not None:
+    if session is not None and user is not None:
         user = {k: v for k, v in user.items() if k != "password_hash"}
         request[REQ_USER], request[REQ_CSRF], request[REQ_SESSION] = user, session["csrf"], token
     else:
@@ -122,9 +122,10 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.content_type in ("application/x-www-form-urlencoded",
                                                    "multipart/form-data"):
-        given = (await request.post()).get(CSRF_FIELD)
+        form_value = (await request.post()).get(CSRF_FIELD)
+        given = form_value if isinstance(form_value, str) else None
     expected = request.get(REQ_CSRF) if request.get(REQ_USER) else request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not tokens_match(expected, given if isinstance(given, str) else None):
+    if not tokens_match(expected, given):
         log.warning("CSRF check failed: %s %s from %s", request.method, request.path, request.remote)
         if wants_status_code(request) and request.path != "/login":
             return json_error(403, "CSRF 校验失败")

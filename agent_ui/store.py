@@ -339,6 +339,7 @@ class Store:
             "INSERT INTO events (call_id, type, payload, at, partial_key) VALUES (?, ?, ?, ?, ?)",
             (event.call_id, data["type"], json.dumps(data, ensure_ascii=False), event.at,
              partial_key))
+        assert cur.lastrowid is not None        # set by every INSERT
         return cur.lastrowid, data, True
 
     @staticmethod

@@ -599,7 +599,9 @@ class AriApp:
             if call.agent_id is None and (agent := self._find_agent(call, channels, bridges)) is not None:
                 report.agents_found += 1
                 self._agent_answered(call, agent)
-            for speaker, channel_id in (("customer", call.customer_id), ("agent", call.agent_id)):
+            leg_channels: tuple[tuple[Speaker, str | None], ...] = (
+                ("customer", call.customer_id), ("agent", call.agent_id))
+            for speaker, channel_id in leg_channels:
                 leg = call.legs.get(speaker)
                 if channel_id is None or (leg is not None and (not leg.ready or
                                                                Tapper.intact(leg, channels, bridges))):

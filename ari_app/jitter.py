@@ -67,6 +67,7 @@ class JitterBuffer:
         seq &= 0xFFFF
         if self._next is None:
             self._start(seq + SEQ_MOD)
+        assert self._next is not None            # set by _start
         delta = ((seq - self._highest + _HALF) & 0xFFFF) - _HALF
         ext = self._highest + delta
         if delta > self.max_dropout or ext < self._next - self.max_misorder:

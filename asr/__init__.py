@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
 from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
-from asr.models import ENV_VARS, find_model, find_test_vosk_model, vosk_model_problems
+from asr.models import ENV_VARS, ModelKind, find_model, find_test_vosk_model, vosk_model_problems
 
 if TYPE_CHECKING:
     from asr.vosk_engine import VoskEngine, VoskStream
@@ -78,7 +78,7 @@ def create_engine(config: Any, name: str | None = None, model: str | Path | None
 
 
 def choose_engine(config: Any, model: str | Path | None = None,
-                  env: Mapping[str, str] | None = None) -> tuple[str, str]:
+                  env: Mapping[str, str] | None = None) -> tuple[ModelKind, str]:
     """What [asr] engine = "auto" means here: ("vosk", "") when a Vosk Chinese model is
     configured or found, else ("whisper", the reason to log). The one place the live
     engine falls back, for `serve`, `demo` and `config check` alike. A configured Vosk

@@ -96,7 +96,7 @@ def install(name: str, dest: Path, archive: Path | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     downloaded = archive is None
     try:
-        if downloaded:
+        if archive is None:
             archive = _download(name, dest)
         _verify_checksum(name, archive, downloaded)
         return _unpack(archive, dest, name)

@@ -16,12 +16,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Literal, Mapping, TypeGuard
 
 from asr.engine import ModelNotFoundError
 from callassist.config import PROJECT_ROOT
 
 ModelKind = Literal["vosk", "whisper"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("vosk", "whisper")
+
+
+def is_model_kind(value: object) -> TypeGuard[ModelKind]:
+    return value in MODEL_KINDS
+
 
 # Preferred first: someone who installed the 1.3 GB model wants it used.
 VOSK_NAMES = ("vosk-model-cn-0.22", "vosk-model-small-cn-0.22", "vosk-model-cn")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import heapq
 import itertools
 import logging
@@ -165,7 +166,7 @@ class DecodeScheduler:
                 job.future.set_exception(exc)
                 continue
             self._running += 1
-            pool_future.add_done_callback(lambda done, job=job: self._finished(job, done))
+            pool_future.add_done_callback(functools.partial(self._finished, job))
         self._meter.set_lag(self.lag())
         self._refresh()
 

@@ -77,7 +77,8 @@ class Segmenter:
         frame = self.detector.frame_samples
         self._frame_bytes = self.detector.frame_bytes
         self._start_voiced = max(1, start_ms // frame_ms)
-        self._window: deque[bool] = deque(maxlen=max(1, 2 * start_ms // frame_ms))
+        self._window_frames = max(1, 2 * start_ms // frame_ms)
+        self._window: deque[bool] = deque(maxlen=self._window_frames)
         self._end_frames = max(1, end_silence_ms // frame_ms)
         self._preroll = preroll_ms * sample_rate // 1000
         self._pad = min(self.TRAILING_PAD_MS, end_silence_ms) * sample_rate // 1000
@@ -94,7 +95,7 @@ class Segmenter:
     @property
     def history_samples(self) -> int:
         """How far back (in samples) a SpeechStart may point before the current position."""
-        return self._preroll + self._window.maxlen * self._frame + self._frame
+        return self._preroll + self._window_frames * self._frame + self._frame
 
     def push(self, pcm: bytes) -> list[VadEvent]:
         self._pending += pcm

@@ -30,17 +30,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from asr.engine import DecodeMeter, ModelNotFoundError, RecognizerStream, SpeechEngine
-from asr.events import EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
+from asr.engine import ModelNotFoundError, RecognizerStream, SpeechEngine
+from asr.events import DecodeDelayed, EndOfSpeech, FinalTranscript, InterimTranscript, SpeechEvent, Word
 from asr.models import VOSK_INSTALL_HINT, require_model
+from asr.scheduler import DecodeJob, DecodeScheduler, Priority
 from asr.vad import VALID_RATES, SpeechDetector
 
 
 class VoskEngine(SpeechEngine):
     name = "vosk"
+    _pool: ThreadPoolExecutor           # never None: __init__ starts it (_start_decode_pool)
 
     def __init__(self, model_dir: Path | str, decode_threads: int = 2, *,
                  endpoint_silence_ms: int = 800) -> None:
@@ -58,7 +61,13 @@ class VoskEngine(SpeechEngine):
         self.load_seconds = time.perf_counter() - started
         self.endpoint_silence_ms = endpoint_silence_ms
         self._vosk = vosk
-        self._start_decode_pool(decode_threads)
+        pool = self._start_decode_pool(decode_threads)
+        # every decode step goes through the scheduler: customers' legs before agents', so
+        # beyond what the box decodes in real time the customers' cards stay in time
+        self.scheduler = DecodeScheduler(pool, decode_threads, self.meter, name=self.name)
+
+    def admit(self) -> bool:
+        return self.scheduler.admit()
 
     def open_stream(self, sample_rate: int, label: str = "") -> VoskStream:
         self._ensure_open()
@@ -68,7 +77,7 @@ class VoskEngine(SpeechEngine):
         recognizer.SetWords(True)
         if hasattr(recognizer, "SetPartialWords"):  # vosk >= 0.3.42
             recognizer.SetPartialWords(True)
-        stream = VoskStream(recognizer, sample_rate, self._pool, self.endpoint_silence_ms, self.meter)
+        stream = VoskStream(recognizer, sample_rate, self.scheduler, self.endpoint_silence_ms)
         stream.label = label  # for logs
         return stream
 
@@ -85,16 +94,21 @@ class VoskStream(RecognizerStream):
     calls on the same stream run one after the other in the pool, in call order, while
     other streams keep decoding on the other pool threads. The lock is an asyncio one so
     that waiting for it never blocks the event loop.
+
+    Each decode step is a job on the engine's DecodeScheduler: a streaming decoder must
+    decode every frame (nothing can be shed), but a live customer leg (listen()) goes before
+    an agent leg, and file analysis (no listen()) after both.
     """
 
     label = ""  # names the stream in logs, e.g. "customer"
 
-    def __init__(self, recognizer, sample_rate: int, pool: ThreadPoolExecutor,
-                 endpoint_silence_ms: int = 800, meter: DecodeMeter | None = None) -> None:
+    def __init__(self, recognizer, sample_rate: int, scheduler: DecodeScheduler,
+                 endpoint_silence_ms: int = 800) -> None:
         self.sample_rate = sample_rate
-        self._meter = meter or DecodeMeter()
         self._recognizer = recognizer
-        self._pool = pool
+        self._scheduler = scheduler
+        self._priority = Priority.BATCH
+        self._live = False
         # VAD state is only touched inside the (serialised) decode calls in the pool.
         self._vad = SpeechDetector(sample_rate, frame_ms=10) if sample_rate in VALID_RATES else None
         self._vad_pending = b""
@@ -106,6 +120,14 @@ class VoskStream(RecognizerStream):
         self._utterance = 0
         self._utterance_start = 0.0   # fallback start when the engine gives no word times
         self._last_partial = ""
+
+    def listen(self, deliver: Callable[[list[SpeechEvent]], None], *, admitted: bool = True) -> None:
+        """Live: decode at the leg's priority. Vosk's events still come from feed()."""
+        self._live = True
+        if not admitted:
+            self._priority = Priority.OVERFLOW
+        else:
+            self._priority = Priority.AGENT_FINAL if self.label == "agent" else Priority.CUSTOMER_FINAL
 
     @property
     def position(self) -> float:
@@ -121,20 +143,18 @@ class VoskStream(RecognizerStream):
         if not pcm:
             return []
         seconds = len(pcm) / 2 / self.sample_rate
-        with self._meter.pending(seconds):
-            return await self._feed(pcm, seconds)
-
-    async def _feed(self, pcm: bytes, seconds: float) -> list[SpeechEvent]:
         async with self._lock:
-            recognizer = self._live_recognizer()
-            loop = asyncio.get_running_loop()
-            is_final, payload = await loop.run_in_executor(self._pool, self._meter.timed, seconds, self._decode,
-                                                           recognizer, pcm, bool(self._last_partial))
+            args = (self._live_recognizer(), pcm, bool(self._last_partial))
+            job = DecodeJob(self._priority, lambda: args, self._decode, seconds)
+            is_final, payload = await self._scheduler.submit(job)
             self._samples += len(pcm) // 2
             result = json.loads(payload)
-            if is_final:
-                return self._final_events(result)
-            return self._interim_events(result)
+            if not is_final:
+                return self._interim_events(result)
+            events = self._final_events(result)
+            if self._live and events and job.waited > self._scheduler.behind_after:
+                events.insert(0, DecodeDelayed(self._utterance - 1, round(job.waited, 2)))
+            return events
 
     async def finish(self) -> list[SpeechEvent]:
         """Flush the utterance in progress. The stream stays usable: later audio continues
@@ -142,8 +162,9 @@ class VoskStream(RecognizerStream):
         async with self._lock:
             if self._recognizer is None:
                 return []
-            loop = asyncio.get_running_loop()
-            payload = await loop.run_in_executor(self._pool, _final_result, self._recognizer)
+            recognizer = self._recognizer
+            payload = await self._scheduler.submit(DecodeJob(self._priority, lambda: (recognizer,),
+                                                             _final_result))
             return self._final_events(json.loads(payload))
 
     def close(self) -> None:

@@ -210,8 +210,9 @@ def analyze_transcript(transcript: Transcript, matcher, *, call_id: str = "analy
     events: list[CallEvent] = []
     feed = TranscriptFeed(call_id, matcher, events.append)
     lines = transcript.lines
-    if transcript.timed:
-        timeline = [(ln.start, ln.end) for ln in lines]
+    timed = [(ln.start, ln.end) for ln in lines if ln.start is not None and ln.end is not None]
+    if transcript.duration is not None and len(timed) == len(lines):    # transcript.timed
+        timeline = timed
         duration = transcript.duration
     else:
         timeline = [(i * UNTIMED_SECONDS, (i + 1) * UNTIMED_SECONDS) for i in range(len(lines))]
@@ -343,7 +344,7 @@ def run(args) -> int:
             InputError) as exc:
         print(f"callassist analyze: {exc}", file=sys.stderr)
         return 2
-    if truncation:     # the audio that exists is still worth analysing: warn, do not refuse
+    if truncation and recording is not None:     # the audio that exists is still worth analysing: warn, do not refuse
         print(f"callassist analyze: warning: {args.file}: {truncation.describe()}; "
               f"analysing those {recording.duration:.2f} s", file=sys.stderr)
     settings = dataclasses.replace(config.matcher, pinyin=config.matcher.pinyin and not args.no_pinyin)
@@ -355,6 +356,7 @@ def run(args) -> int:
     if transcript is not None:
         result = analyze_transcript(transcript, matcher)
     else:
+        assert recording is not None and engine is not None     # not a transcript: both set above
         bar = None if args.quiet or not sys.stderr.isatty() else ProgressBar(recording.duration)
         try:
             result = asyncio.run(analyze_recording(recording, engine, matcher, channels=args.channels,

@@ -10,7 +10,8 @@ import dataclasses
 import difflib
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
@@ -58,24 +59,26 @@ def _between(low: float, high: float):
     return check
 
 
-def _checked(check=None):
-    return dataclasses.field(metadata={"check": check} if check else {})
+def _checked(check: Callable[[Any], str | None]) -> dict[str, Any]:
+    """A field's metadata: the check load_config applies to its value (field(metadata=...),
+    so that type checkers see a field without a default)."""
+    return {"check": check}
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     data_dir: str
-    retention_days: int = _checked(_between(0, 36500))
+    retention_days: int = field(metadata=_checked(_between(0, 36500)))
 
 
 @dataclass(frozen=True)
 class AsrConfig:
-    engine: str = _checked(_one_of("auto", "vosk", "whisper"))
+    engine: str = field(metadata=_checked(_one_of("auto", "vosk", "whisper")))
     vosk_model: str
     whisper_model: str
-    whisper_compute_type: str = _checked(_one_of("int8", "int8_float32", "float32"))
-    decode_threads: int = _checked(_between(1, 64))
-    post_call_engine: str = _checked(_one_of("", "vosk", "whisper"))
+    whisper_compute_type: str = field(metadata=_checked(_one_of("int8", "int8_float32", "float32")))
+    decode_threads: int = field(metadata=_checked(_between(1, 64)))
+    post_call_engine: str = field(metadata=_checked(_one_of("", "vosk", "whisper")))
     biasing: bool
 
 
@@ -83,7 +86,7 @@ class AsrConfig:
 class MatcherConfig:
     pinyin: bool
     intent: bool
-    threshold: float = _checked(_between(50, 100))
+    threshold: float = field(metadata=_checked(_between(50, 100)))
 
 
 @dataclass(frozen=True)
@@ -92,54 +95,54 @@ class AriConfig:
     username: str
     password: str
     app: str
-    request_timeout: float = _checked(_between(0.1, 120))
-    max_connections: int = _checked(_between(1, 100))
-    reconnect_initial_delay: float = _checked(_between(0.01, 60))
-    reconnect_max_delay: float = _checked(_between(0.1, 600))
+    request_timeout: float = field(metadata=_checked(_between(0.1, 120)))
+    max_connections: int = field(metadata=_checked(_between(1, 100)))
+    reconnect_initial_delay: float = field(metadata=_checked(_between(0.01, 60)))
+    reconnect_max_delay: float = field(metadata=_checked(_between(0.1, 600)))
 
 
 @dataclass(frozen=True)
 class RtpConfig:
     bind_host: str
     advertise_host: str
-    port_min: int = _checked(_between(1024, 65535))
-    port_max: int = _checked(_between(1024, 65535))
-    jitter_ms: int = _checked(_between(0, 1000))
-    stall_timeout: float = _checked(_between(0.1, 600))
+    port_min: int = field(metadata=_checked(_between(1024, 65535)))
+    port_max: int = field(metadata=_checked(_between(1024, 65535)))
+    jitter_ms: int = field(metadata=_checked(_between(0, 1000)))
+    stall_timeout: float = field(metadata=_checked(_between(0.1, 600)))
 
 
 @dataclass(frozen=True)
 class RecordingConfig:
     enabled: bool
-    format: str = _checked(_one_of("wav", "flac"))
+    format: str = field(metadata=_checked(_one_of("wav", "flac")))
 
 
 @dataclass(frozen=True)
 class CueConfig:
     enabled: bool
     media: str
-    duration_ms: int = _checked(_between(20, 5000))
+    duration_ms: int = field(metadata=_checked(_between(20, 5000)))
 
 
 @dataclass(frozen=True)
 class AnalyticsConfig:
-    min_silence_s: float = _checked(_between(0.5, 600))
-    min_talk_over_s: float = _checked(_between(0.05, 10))
-    baseline_s: float = _checked(_between(1, 600))
+    min_silence_s: float = field(metadata=_checked(_between(0.5, 600)))
+    min_talk_over_s: float = field(metadata=_checked(_between(0.05, 10)))
+    baseline_s: float = field(metadata=_checked(_between(1, 600)))
 
 
 @dataclass(frozen=True)
 class WebConfig:
     host: str
-    port: int = _checked(_between(0, 65535))
+    port: int = field(metadata=_checked(_between(0, 65535)))
     tls_cert: str
     tls_key: str
-    login_attempts_per_minute: int = _checked(_between(1, 1000))
-    adherence_window: float = _checked(_between(1, 600))
-    idle_timeout: float = _checked(_between(0.1, 3600))
-    request_timeout: float = _checked(_between(0.1, 3600))
-    websocket_heartbeat: float = _checked(_between(0.1, 300))
-    websockets_per_user: int = _checked(_between(1, 1000))
+    login_attempts_per_minute: int = field(metadata=_checked(_between(1, 1000)))
+    adherence_window: float = field(metadata=_checked(_between(1, 600)))
+    idle_timeout: float = field(metadata=_checked(_between(0.1, 3600)))
+    request_timeout: float = field(metadata=_checked(_between(0.1, 3600)))
+    websocket_heartbeat: float = field(metadata=_checked(_between(0.1, 300)))
+    websockets_per_user: int = field(metadata=_checked(_between(1, 1000)))
     metrics_remote: bool = False
 
 

@@ -13,7 +13,7 @@ def model_problems(config: Config) -> tuple[list[str], str]:
     (e.g. 'auto -> whisper'). Looks on disk only: nothing is loaded or assembled."""
     from asr import choose_engine
     from asr.engine import ModelNotFoundError
-    from asr.models import find_model, whisper_packages_installed
+    from asr.models import find_model, is_model_kind, whisper_packages_installed
 
     problems: list[str] = []
     live = config.asr.engine
@@ -25,6 +25,9 @@ def model_problems(config: Config) -> tuple[list[str], str]:
     if config.asr.post_call_engine:
         needed.setdefault(config.asr.post_call_engine, f"[asr] post_call_engine = {config.asr.post_call_engine!r}")
     for kind, setting in needed.items():
+        if not is_model_kind(kind):       # cannot pass load_config's check of [asr]
+            problems.append(f"{setting}: not a speech engine")
+            continue
         try:
             find_model(kind, getattr(config.asr, f"{kind}_model"), use_packages=False)
         except ModelNotFoundError as exc:

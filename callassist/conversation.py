@@ -86,7 +86,7 @@ class LegStats:
 
 @dataclass
 class ConversationStats:
-    legs: dict[str, LegStats]
+    legs: dict[Speaker, LegStats]
     silences: list[dict[str, float]]           # {"start", "end"}
     talk_over: list[dict[str, Any]]            # {"start", "end", "by": speaker}
     sentiment: list[dict[str, float]]          # {"t", "value" -1..1}, customer lines
@@ -320,7 +320,7 @@ class ConversationTracker:
 
     # --- conversation ---------------------------------------------------------------
 
-    def _silences(self, masks: dict[str, np.ndarray], length: int, ended: bool) -> list[dict[str, float]]:
+    def _silences(self, masks: dict[Speaker, np.ndarray], length: int, ended: bool) -> list[dict[str, float]]:
         anyone = np.logical_or.reduce(list(masks.values()))
         spoken = np.flatnonzero(anyone)
         if not spoken.size:
@@ -331,8 +331,8 @@ class ConversationTracker:
         return [{"start": _seconds(spoken[0] + s), "end": _seconds(spoken[0] + e)}
                 for s, e in _runs(quiet) if e - s >= shortest]
 
-    def _talk_over(self, masks: dict[str, np.ndarray],
-                   talk: dict[str, list[tuple[int, int]]]) -> list[dict[str, Any]]:
+    def _talk_over(self, masks: dict[Speaker, np.ndarray],
+                   talk: dict[Speaker, list[tuple[int, int]]]) -> list[dict[str, Any]]:
         both = masks["customer"] & masks["agent"]
         shortest = _frame(self.min_talk_over)
         out = []

@@ -10,11 +10,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 Speaker = Literal["customer", "agent"]
 SPEAKERS: tuple[Speaker, ...] = ("customer", "agent")
 Severity = Literal["info", "warning", "critical"]
+
+
+def is_speaker(value: object) -> TypeGuard[Speaker]:
+    """True when `value` is one of SPEAKERS (narrows a str read from a file or request)."""
+    return value in SPEAKERS
 
 
 def _now() -> float:

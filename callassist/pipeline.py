@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[CallEvent], None]
 DELAY_REPORT_EVERY = 60.0   # seconds of call time between two "decoding is behind" faults on a call
+DELAY_BACKLOG = 2.0         # seconds of a customer's audio queued for a recogniser: it is behind
 
 
 class SilenceGate:
@@ -133,6 +134,7 @@ class Leg:
         self.received = 0          # samples received on this leg
         self.fed = 0               # samples given to the recogniser
         self.submitted = 0         # samples queued by submit() (live)
+        self.queued = 0            # of those, samples not given to the recogniser yet
         self.clock = _TimeMap()
         self.shown: set[int] = set()   # utterances whose interim text was published
 
@@ -209,6 +211,7 @@ class CallPipeline:
         self._delay_reported = float("-inf")     # call time of the last "decoding is behind" fault
         self._finished = False
         self._queues: dict[Speaker, asyncio.Queue[bytes | None]] = {}
+        self._queued_bytes = 0                   # PCM in the queues, both legs (backlog)
         self._workers: dict[Speaker, asyncio.Task] = {}
 
     def start_leg(self, speaker: Speaker, offset: float) -> None:
@@ -235,6 +238,8 @@ class CallPipeline:
             self._workers[speaker] = asyncio.create_task(
                 self._decode_queued(speaker, queue), name=f"decode-{self.call_id}-{speaker}")
         queue.put_nowait(pcm)
+        self._queued_bytes += len(pcm)
+        leg.queued += len(pcm) // 2
         if self._conversation is not None:
             self._conversation.audio(speaker, pcm, round(leg.offset * PIPELINE_RATE) + leg.submitted)
         leg.submitted += len(pcm) // 2
@@ -254,17 +259,24 @@ class CallPipeline:
     @property
     def backlog(self) -> float:
         """Seconds of submitted audio not decoded yet (both legs)."""
-        return sum(len(b) for q in self._queues.values() for b in q._queue if b) / 2 / PIPELINE_RATE
+        return self._queued_bytes / 2 / PIPELINE_RATE
 
     async def _decode_queued(self, speaker: Speaker, queue: asyncio.Queue[bytes | None]) -> None:
+        leg = self._legs[speaker]
         while (pcm := await queue.get()) is not None:
+            self._queued_bytes -= len(pcm)
+            leg.queued -= len(pcm) // 2
             try:
                 await self.feed(speaker, pcm)
+                # a recogniser that decodes inside feed() (Vosk) and cannot keep up shows it here
+                if speaker == "customer" and leg.queued > DELAY_BACKLOG * PIPELINE_RATE:
+                    self._report_delay(leg, leg.queued / PIPELINE_RATE)
             except Exception as exc:    # the recogniser failed: say so, keep the call going
                 log.exception("call %s: speech recognition failed on the %s leg", self.call_id, speaker)
                 self._publish(CallFault(self.call_id, f"speech recognition failed on the {speaker} leg: {exc}"))
-                while await queue.get() is not None:
-                    pass                # drain without decoding until finish()
+                while (pcm := await queue.get()) is not None:
+                    self._queued_bytes -= len(pcm)      # drain without decoding until finish()
+                    leg.queued -= len(pcm) // 2
                 return
 
     async def finish(self) -> None:
@@ -283,12 +295,12 @@ class CallPipeline:
             finally:
                 leg.stream.close()
 
-    def _report_delay(self, leg: Leg, event: DecodeDelayed) -> None:
+    def _report_delay(self, leg: Leg, waited: float) -> None:
         """One CallFault per call and DELAY_REPORT_EVERY seconds of call time while the decoder is behind."""
         now = leg.call_time(leg.fed / PIPELINE_RATE)
         if now - self._delay_reported >= DELAY_REPORT_EVERY:
             self._delay_reported = now
-            self._publish(CallFault(self.call_id, f"识别延迟 {event.waited:.1f} 秒：本机语音识别跟不上，提示卡会晚到"))
+            self._publish(CallFault(self.call_id, f"识别延迟 {waited:.1f} 秒：本机语音识别跟不上，提示卡会晚到"))
 
     def close(self) -> None:
         """Abandon without flushing (call torn down abnormally)."""
@@ -305,7 +317,7 @@ class CallPipeline:
             if isinstance(event, EndOfSpeech):
                 continue
             if isinstance(event, DecodeDelayed):
-                self._report_delay(leg, event)
+                self._report_delay(leg, event.waited)
                 continue
             final = isinstance(event, FinalTranscript)
             assert final or isinstance(event, InterimTranscript)

@@ -67,7 +67,8 @@ def _demo_logins(store, data_dir: Path) -> list[tuple[str, str, str]]:
     from agent_ui.auth import hash_password
     logins_file = data_dir / "demo-logins.txt"
     if logins_file.exists():
-        return [tuple(line.split("\t")) for line in logins_file.read_text().splitlines() if line]
+        rows = [line.split("\t") for line in logins_file.read_text().splitlines() if line]
+        return [(username, role, password) for username, role, password in rows]
     logins = []
     for username, role, name, endpoints in DEMO_USERS:
         password = secrets.token_urlsafe(9)

@@ -27,6 +27,7 @@ import json.decoder
 import json.scanner
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def read_transcript(path: str | Path) -> Transcript:
         raise TranscriptError(f"{path}: line {untimed.line}: no start/end times, but line {first_timed.line} "
                               f"has them; give times on every utterance or on none")
     if timed:
-        last = max(ln.end for ln in timed)
+        last = max(ln.end for ln in timed if ln.end is not None)
         duration = last if duration is None else max(duration, last)
     else:
         duration = None
@@ -156,10 +157,17 @@ class _Located(dict):
     line = 1
 
 
+class _LocatingDecoder(json.JSONDecoder):
+    # The hooks JSONDecoder.__init__ sets and the pure-Python scanner calls (typeshed
+    # leaves these implementation attributes out).
+    parse_object: Callable[..., tuple[_Located, int]]
+    scan_once: Callable[[str, int], tuple[Any, int]]
+
+
 def _located_loads(text: str) -> Any:
     """json.loads, with every object a _Located (the line of its opening brace)."""
     starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
-    decoder = json.JSONDecoder()
+    decoder = _LocatingDecoder()
 
     def parse_object(s_and_end, *args, **kwargs):
         obj, end = json.decoder.JSONObject(s_and_end, *args, **kwargs)
@@ -168,7 +176,9 @@ def _located_loads(text: str) -> Any:
         return located, end
 
     decoder.parse_object = parse_object
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    # py_make_scanner (the pure-Python scanner, the only one that calls parse_object) exists
+    # in every CPython but typeshed declares only make_scanner, which may be the C one.
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder.decode(text)
 
 
@@ -180,7 +190,7 @@ def _parse_json(path: Path, text: str) -> tuple[list[TranscriptLine], float | No
     except RecursionError:
         raise TranscriptError(f"{path}: line 1: not valid JSON (nested too deeply)") from None
     duration = None
-    if isinstance(doc, dict):
+    if isinstance(doc, _Located):
         items = doc.get("utterances")
         if not isinstance(items, list):
             raise TranscriptError(f'{path}: line {doc.line}: expected an object with an "utterances" list '
@@ -200,7 +210,7 @@ def _parse_json(path: Path, text: str) -> tuple[list[TranscriptLine], float | No
                               f"(the shape callassist analyze writes)")
     lines = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict):
+        if not isinstance(item, _Located):
             raise TranscriptError(f"{path}: line {parent_line}: utterance {i + 1} is not an object "
                                   f'with "speaker" and "text"')
         line = item.line

@@ -282,7 +282,7 @@ def turns_of(lines: Iterable[Any]) -> list[Turn]:
     """The transcript as Turns; a line without an utterance number gets the next one of
     its speaker."""
     counters: dict[str, int] = {}
-    turns = []
+    turns: list[Turn] = []
     for line in lines:
         speaker = _get(line, "speaker", "customer")
         text = _get(line, "text", "") or ""
@@ -340,10 +340,10 @@ class _Call:
         return self._signals[name]
 
     def turn_at(self, seconds: float) -> Turn | None:
-        timed = [t for t in self.customer if t.start is not None]
+        timed = [(t.start, t) for t in self.customer if t.start is not None]
         if not timed:
             return self.customer[-1] if self.customer else None
-        return min(timed, key=lambda t: abs(t.start - seconds))
+        return min(timed, key=lambda start_turn: abs(start_turn[0] - seconds))[1]
 
 
 def amounts(norm: str) -> list[float]:
@@ -561,7 +561,7 @@ def call_features(call: _Call) -> dict[str, Feature]:
     turn = call.turn_at(float(peak.get("t", 0.0))) if peak else None
     features["stats:agitation"] = Feature(
         min(1.0, float(peak["value"])) if peak else 0.0,
-        (Evidence(turn, "客户说话越来越激动（声学激动度）"),) if turn and peak["value"] >= AGITATED else ())
+        (Evidence(turn, "客户说话越来越激动（声学激动度）"),) if turn and peak and peak["value"] >= AGITATED else ())
     overs = customer_talk_overs(call.stats)
     turn = call.turn_at(float(overs[-1].get("start", 0.0))) if overs else None
     features["stats:talk_over"] = Feature(

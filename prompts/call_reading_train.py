@@ -147,7 +147,9 @@ def cross_validate(data: Dataset, kind: str, strength: float, repeats: int = REP
 
 def per_label(kind: str, expected: np.ndarray, runs: list[np.ndarray]) -> list[str]:
     labels = CALL_LABEL_VALUES[kind]
-    tp, fp, fn = Counter(), Counter(), Counter()
+    tp: Counter[int] = Counter()            # by label index
+    fp: Counter[int] = Counter()
+    fn: Counter[int] = Counter()
     for predicted in runs:
         for e, p in zip(expected, predicted):
             if e == p:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import opencc
 
+from callassist.events import Speaker, is_speaker
 from prompts.normalize import normalize, to_pinyin
 from prompts.playbook import Playbook
 
@@ -28,7 +29,7 @@ class CorpusError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    speaker: str
+    speaker: Speaker
     text: str
     labels: frozenset[str]
     source: str = ""                      # file:line
@@ -46,7 +47,7 @@ def read_tsv(path: Path, playbook: Playbook | None = None) -> list[Example]:
         if len(parts) != 3:
             raise CorpusError(f"{where}: expected labels<TAB>speaker<TAB>text, got {len(parts)} columns")
         raw_labels, speaker, text = (p.strip() for p in parts)
-        if speaker not in ("customer", "agent"):
+        if not is_speaker(speaker):
             raise CorpusError(f"{where}: speaker must be customer or agent, got {speaker!r}")
         labels = frozenset() if raw_labels == "-" else frozenset(
             label.strip() for label in raw_labels.split(",") if label.strip())
@@ -80,7 +81,8 @@ def written(playbook: Playbook | None = None) -> list[Example]:
 def train_dev(playbook: Playbook) -> tuple[list[Example], list[Example]]:
     """Train: the written corpus minus dev, plus the playbook's own phrases, examples and
     counter-examples. Dev: one written line in DEV_SHARE."""
-    train, dev = [], []
+    train: list[Example] = []
+    dev: list[Example] = []
     for example in written(playbook):
         (dev if is_dev(example) else train).append(example)
     for category in playbook.categories:

@@ -252,8 +252,8 @@ def calls_report(result: CallsEvaluation, title: str, details: bool = False) -> 
             pairs = ", ".join(f"{a}->{b} {n}" for (a, b), n in result.confusions[kind].most_common(6))
             lines.append(f"   confusions (expected -> read): {pairs}")
     if details:
-        for call, kind, expected, read in result.mistakes:
-            lines.append(f"  {call.id:10} {kind:14} expected {expected:12} read {read}")
+        for call, kind, expected_value, read_value in result.mistakes:
+            lines.append(f"  {call.id:10} {kind:14} expected {expected_value:12} read {read_value}")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,9 @@ def _known_features(chars: str, folded: tuple[str, ...],
     ends: list[int] = []
     for f, a, b in numbers:
         if f in vocab:
-            rows.append(vocab[f]), starts.append(a), ends.append(b)
+            rows.append(vocab[f])
+            starts.append(a)
+            ends.append(b)
     n = len(shape)
     count = len(numbers) + 2 * sum(n - k + 1 for k in range(1, min(NGRAM_MAX, n) + 1))
     for stream, tokens, joiner in (("c", shape, ""), ("p", syllables, "_")):
@@ -86,7 +89,9 @@ def _known_features(chars: str, folded: tuple[str, ...],
                     gram += joiner + tokens[end - 1]
                 found = get(gram)
                 if found is not None:
-                    rows.append(found), starts.append(i), ends.append(end)
+                    rows.append(found)
+                    starts.append(i)
+                    ends.append(end)
     return rows, starts, ends, count
 
 
@@ -191,7 +196,7 @@ class Reading:
         return [c for c, p, t in zip(self._model.categories, self._probabilities, thresholds)
                 if p >= floor or p >= t]
 
-    def _inside(self, spans) -> list[bool]:
+    def _inside(self, spans: Sequence[tuple[int, int]]) -> list[bool]:
         return [any(s < b and a < e for a, b in spans) for s, e in zip(self._starts, self._ends)]
 
     def without(self, category: str, spans: list[tuple[int, int]]) -> float:
@@ -206,7 +211,7 @@ class Reading:
         logit = math.log(p / (1 - p)) - self._scale * dropped
         return 1.0 / (1.0 + math.exp(-logit))
 
-    def span(self, category: str, masked: list[tuple[int, int]] = ()) -> tuple[int, int]:
+    def span(self, category: str, masked: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:
         """The window of at most SPAN_MAX characters with the largest positive evidence for
         `category` (each n-gram's weight spread over the characters it covers)."""
         col = self._model.column[category]

@@ -406,7 +406,7 @@ class Matcher:
         holding = _clauses_holding(text, heard)
         part = self._prepare(holding)
         reading = self.intent.read(part.chars, part.folded, speaker)
-        return reading.probability(category_id) >= self.veto
+        return reading is not None and reading.probability(category_id) >= self.veto
 
     def exclusion_may_follow(self, match: Match, text: str) -> bool:
         """True when `text` (a partial result) ends inside what may still become one of the

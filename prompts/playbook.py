@@ -79,7 +79,7 @@ class Playbook:
     def citation_views(self, category: Category, day: dt.date | None = None) -> tuple[CitationView, ...]:
         """The citations of a category as in force on `day` (today by default)."""
         day = day or dt.date.today()
-        views = []
+        views: list[CitationView] = []
         for key in category.citations:
             versions = [c for c in self.citations.get(key, ()) if c.in_force(day)]
             views.extend(c.view() for c in versions[:1])
@@ -99,8 +99,11 @@ def _load_citations(path: Path, problems: list[str]) -> dict[str, tuple[Citation
     data = _read(path, problems)
     out: dict[str, tuple[Citation, ...]] = {}
     for key, entry in data.items():
-        versions = entry.get("versions") if isinstance(entry, dict) and "versions" in entry else [entry]
-        built = []
+        versions = entry["versions"] if isinstance(entry, dict) and "versions" in entry else [entry]
+        if not isinstance(versions, list):
+            problems.append(f"{path.name}: [{key}] versions: must be an array of tables")
+            continue
+        built: list[Citation] = []
         for i, version in enumerate(versions):
             where = f"{path.name}: [{key}]" + (f" version {i + 1}" if len(versions) > 1 else "")
             if not isinstance(version, dict):

@@ -161,3 +161,38 @@ def test_missing_model_says_how_to_install(tmp_path):
     (tmp_path / "conf").mkdir()
     with pytest.raises(ModelNotFoundError, match="am/final.mdl"):
         VoskEngine(tmp_path)
+
+
+async def test_live_customer_audio_is_decoded_before_the_agents(vosk_ko_model_dir):
+    """One decode thread, held busy; the agent's audio arrives first, the customer's second:
+    the customer's is decoded first. The control: without listen() (file analysis) the two
+    go in arrival order."""
+    from asr.scheduler import DecodeJob, Priority
+
+    pcm, rate = read_pcm(sample_path("01"))
+    chunk = pcm[:rate // 5 * 2]
+    engine = VoskEngine(vosk_ko_model_dir, decode_threads=1)
+    try:
+        for live, expected in ((True, ["customer", "agent"]), (False, ["agent", "customer"])):
+            streams = {label: engine.open_stream(rate, label=label) for label in ("agent", "customer")}
+            if live:
+                for stream in streams.values():
+                    stream.listen(lambda events: None)
+            release = threading.Event()
+            busy = engine.scheduler.submit(DecodeJob(Priority.CUSTOMER_FINAL, lambda: (), lambda: release.wait(10)))
+            done: list[str] = []
+
+            async def feed(label: str) -> None:
+                await streams[label].feed(chunk)
+                done.append(label)
+            agent = asyncio.create_task(feed("agent"))
+            await asyncio.sleep(0)               # the agent's job is queued first
+            customer = asyncio.create_task(feed("customer"))
+            await asyncio.sleep(0)
+            release.set()
+            await asyncio.gather(busy, agent, customer)
+            assert done == expected
+            for stream in streams.values():
+                stream.close()
+    finally:
+        engine.close()

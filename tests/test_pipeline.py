@@ -226,7 +226,8 @@ async def test_a_call_that_starts_while_the_decoder_is_behind_is_told_so(matcher
     script = {"customer": [ScriptedUtterance("我 要 投诉", 0.5, 1.5)]}
     events = []
     pipeline = CallPipeline("c9", ScriptedEngine(script, admitting=admitting), matcher, events.append)
-    await submit_in_frames(pipeline, "customer", np.concatenate([silence(0.5), voiced(1), silence(1)]))
+    # under 2 s at once: more, queued faster than real time, would be a backlog (a fault of its own)
+    await submit_in_frames(pipeline, "customer", np.concatenate([silence(0.5), voiced(1), silence(0.3)]))
     await pipeline.finish()
     faults = [e.problem for e in events if isinstance(e, CallFault)]
     assert len(faults) == (0 if admitting else 1)          # admitting: the control
@@ -281,3 +282,23 @@ async def test_file_analysis_measures_nothing_live(matcher):
     await pipeline.finish()
     assert pipeline._conversation is None
     assert not [e for e in events if isinstance(e, ConversationUpdated)]
+
+
+@pytest.mark.parametrize("seconds, faults", [(4.0, 1), (1.0, 0)])     # 1 s queued: the control
+async def test_a_streaming_recogniser_that_falls_behind_is_reported(matcher, seconds, faults):
+    """Vosk decodes inside feed(): when it cannot keep up, the customer's audio waits in the
+    leg's queue, and more than 2 s of it there is one CallFault."""
+    import asyncio
+
+    from callassist.events import CallFault
+    gate = asyncio.Event()
+    engine = RunEngine()
+    engine.open_stream = lambda rate, label="": engine.streams.setdefault(label, GatedStream(gate))
+    events = []
+    pipeline = CallPipeline("c13", engine, matcher, events.append)
+    await submit_in_frames(pipeline, "customer", voiced(seconds))
+    gate.set()
+    await pipeline.finish()
+    problems = [e.problem for e in events if isinstance(e, CallFault)]
+    assert len(problems) == faults and all(p.startswith("识别延迟") for p in problems)
+    assert [e for e in events if isinstance(e, TranscriptUpdate) and e.final], "the audio was still decoded"

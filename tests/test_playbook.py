@@ -287,3 +287,11 @@ def test_examples_are_checked_with_the_matcher(tmp_path):
     assert "category mental_distress_compensation: example does not fire it: 我要退订流量包" in problems
     assert any(p.startswith("category mental_distress_compensation: counter-example fires it via phrase "
                             "'精神赔偿'") for p in problems)
+
+
+def test_citation_versions_that_are_not_a_list_of_tables(tmp_path):
+    """`versions` must be an array of tables; anything else is reported, not a crash."""
+    broken = CITATIONS.replace('source_row = "1d"\n', 'source_row = "1d"\nversions = 3\n')
+    assert problems_of(tmp_path, citations=broken)[:1] == [
+        "citations.toml: [civil_code_1183] versions: must be an array of tables"]
+    assert problems_of(tmp_path) == []          # positive control: the same case without it

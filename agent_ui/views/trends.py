@@ -157,8 +157,8 @@ def trends(query: TrendQuery, calls: list[TrendCall], adherence: dict[str, int |
                 names[key] = category_names.get(key, key)
             else:
                 names[key] = call.agent_name or NO_AGENT
-    groups = [{"key": key, "name": names[key], "total": metrics(group, adherence)}
-              for key, group in members.items()]
+    groups: list[dict[str, Any]] = [{"key": key, "name": names[key], "total": metrics(group, adherence)}
+                                    for key, group in members.items()]
     groups.sort(key=lambda g: (-g["total"]["calls"], g["name"]))
     order = {g["key"]: i for i, g in enumerate(groups)}
     return {

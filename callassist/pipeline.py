@@ -211,7 +211,6 @@ class CallPipeline:
         self._delay_reported = float("-inf")     # call time of the last "decoding is behind" fault
         self._finished = False
         self._queues: dict[Speaker, asyncio.Queue[bytes | None]] = {}
-        self._queued_bytes = 0                   # PCM in the queues, both legs (backlog)
         self._workers: dict[Speaker, asyncio.Task] = {}
 
     def start_leg(self, speaker: Speaker, offset: float) -> None:
@@ -238,7 +237,6 @@ class CallPipeline:
             self._workers[speaker] = asyncio.create_task(
                 self._decode_queued(speaker, queue), name=f"decode-{self.call_id}-{speaker}")
         queue.put_nowait(pcm)
-        self._queued_bytes += len(pcm)
         leg.queued += len(pcm) // 2
         if self._conversation is not None:
             self._conversation.audio(speaker, pcm, round(leg.offset * PIPELINE_RATE) + leg.submitted)
@@ -259,12 +257,11 @@ class CallPipeline:
     @property
     def backlog(self) -> float:
         """Seconds of submitted audio not decoded yet (both legs)."""
-        return self._queued_bytes / 2 / PIPELINE_RATE
+        return sum(leg.queued for leg in self._legs.values()) / PIPELINE_RATE
 
     async def _decode_queued(self, speaker: Speaker, queue: asyncio.Queue[bytes | None]) -> None:
         leg = self._legs[speaker]
         while (pcm := await queue.get()) is not None:
-            self._queued_bytes -= len(pcm)
             leg.queued -= len(pcm) // 2
             try:
                 await self.feed(speaker, pcm)
@@ -275,8 +272,7 @@ class CallPipeline:
                 log.exception("call %s: speech recognition failed on the %s leg", self.call_id, speaker)
                 self._publish(CallFault(self.call_id, f"speech recognition failed on the {speaker} leg: {exc}"))
                 while (pcm := await queue.get()) is not None:
-                    self._queued_bytes -= len(pcm)      # drain without decoding until finish()
-                    leg.queued -= len(pcm) // 2
+                    leg.queued -= len(pcm) // 2         # drain without decoding until finish()
                 return
 
     async def finish(self) -> None:

@@ -103,6 +103,18 @@ async def restart_as_serve_does(db: Path) -> AsyncIterator[Restart]:
     this run can start. The caller stops its app inside the block and closes the store."""
     store = Store(db)
     bus = EventBus()
+    async with kept_events(bus) as events:
+        recorder = asyncio.create_task(store.run(bus))
+        try:
+            yield Restart(store, bus, events, StartupRecovery(store))
+        finally:
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def kept_events(bus: EventBus) -> AsyncIterator[list]:
+    """Every event published on `bus` from now on, in a list, until the block ends."""
     events: list = []
     subscription = bus.subscribe()
 
@@ -110,13 +122,12 @@ async def restart_as_serve_does(db: Path) -> AsyncIterator[Restart]:
         async for event in subscription:
             events.append(event)
     collector = asyncio.create_task(collect())
-    recorder = asyncio.create_task(store.run(bus))
     try:
-        yield Restart(store, bus, events, StartupRecovery(store))
+        yield events
     finally:
         collector.cancel()
-        recorder.cancel()
-        await asyncio.gather(collector, recorder, return_exceptions=True)
+        await asyncio.gather(collector, return_exceptions=True)
+        subscription.close()
 
 
 def restart_gap(events: list) -> tuple[float, float]:
@@ -244,48 +255,40 @@ async def test_tap_broken_while_disconnected_is_made_again_at_reconnect_with_the
     recordings = tmp_path / "recordings"
     recordings.mkdir()
     bus = EventBus()
-    events: list = []
-    subscription = bus.subscribe()
-
-    async def collect() -> None:
-        async for event in subscription:
-            events.append(event)
-    collector = asyncio.create_task(collect())
-    app = make_app(peer.url, recordings, bus, "wav", 43000)
-    await app.start()
-    try:
-        await app.wait_ready(10)
-        call = peer.start_call(speech(30), speech(30), answer_after=0.2)
-        call_id = call.customer.id
-        path = recordings / f"{call_id}.wav"
-        await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
-            leg.ready and leg.frames > 5 for leg in app.calls[call_id].legs.values()), what="tapped")
-        await wait_until(lambda: recorded_seconds(path) >= 2.0, what="2 s recorded")
-        old = app.calls[call_id].legs["customer"]
-        peer.refuse_websocket = True
-        await peer.drop_websocket()
-        broken_at = app.calls[call_id].elapsed(asyncio.get_running_loop().time())
-        await peer.hangup(old.em_id)              # lost: nobody is listening
-        down = time.monotonic()
-        await wait_until(lambda: time.monotonic() - down >= 1.0, what="the outage")
-        # control: nothing noticed it during the outage
-        assert app.calls[call_id].legs.get("customer") is old
-        assert not [e for e in events if isinstance(e, CallFault)]
-        peer.refuse_websocket = False
-        await wait_until(lambda: app.calls[call_id].legs["customer"] is not old and
-                         app.calls[call_id].legs["customer"].frames > 5, what="tapped again")
-        back_at = app.calls[call_id].elapsed(asyncio.get_running_loop().time())
-        faults = [e for e in events if isinstance(e, CallFault)]
-        assert faults, "the gap is not in the call's record"
-        fault = faults[0]
-        assert "customer tap broken (reconnect resync)" in fault.problem and "tapped again" in fault.problem
-        await wait_until(lambda: recorded_seconds(path) >= back_at + 1.0, what="recording continued")
-        await peer.hangup(call)
-        await wait_until(lambda: any(isinstance(e, CallEnded) for e in events), what="the call's end")
-    finally:
-        await app.stop()
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
+    async with kept_events(bus) as events:
+        app = make_app(peer.url, recordings, bus, "wav", 43000)
+        await app.start()
+        try:
+            await app.wait_ready(10)
+            call = peer.start_call(speech(30), speech(30), answer_after=0.2)
+            call_id = call.customer.id
+            path = recordings / f"{call_id}.wav"
+            await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
+                leg.ready and leg.frames > 5 for leg in app.calls[call_id].legs.values()), what="tapped")
+            await wait_until(lambda: recorded_seconds(path) >= 2.0, what="2 s recorded")
+            old = app.calls[call_id].legs["customer"]
+            peer.refuse_websocket = True
+            await peer.drop_websocket()
+            broken_at = app.calls[call_id].elapsed(asyncio.get_running_loop().time())
+            await peer.hangup(old.em_id)              # lost: nobody is listening
+            down = time.monotonic()
+            await wait_until(lambda: time.monotonic() - down >= 1.0, what="the outage")
+            # control: nothing noticed it during the outage
+            assert app.calls[call_id].legs.get("customer") is old
+            assert not [e for e in events if isinstance(e, CallFault)]
+            peer.refuse_websocket = False
+            await wait_until(lambda: app.calls[call_id].legs["customer"] is not old and
+                             app.calls[call_id].legs["customer"].frames > 5, what="tapped again")
+            back_at = app.calls[call_id].elapsed(asyncio.get_running_loop().time())
+            faults = [e for e in events if isinstance(e, CallFault)]
+            assert faults, "the gap is not in the call's record"
+            fault = faults[0]
+            assert "customer tap broken (reconnect resync)" in fault.problem and "tapped again" in fault.problem
+            await wait_until(lambda: recorded_seconds(path) >= back_at + 1.0, what="recording continued")
+            await peer.hangup(call)
+            await wait_until(lambda: any(isinstance(e, CallEnded) for e in events), what="the call's end")
+        finally:
+            await app.stop()
     audio, _ = sf.read(str(path), dtype="int16", always_2d=True)
     gap = audio[int((broken_at + 0.2) * RATE):int((broken_at + 0.9) * RATE), 0]
     assert not gap.any()                                            # customer silent while untapped

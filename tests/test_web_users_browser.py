@@ -12,8 +12,8 @@ import pytest_asyncio
 
 from agent_ui.auth import verify_password
 from callassist.bus import EventBus
-from web_fixtures import (CHROMIUM, PASSWORD, browser_login, client_session, http_login, launch_browser,
-                          make_config, make_store, start_app)
+from web_fixtures import (CHROMIUM, PASSWORD, browser_env, client_session, http_login, make_config,
+                          make_store, open_page)
 
 pytestmark = [
     pytest.mark.browser,
@@ -25,35 +25,16 @@ pytestmark = [
 NEW_PASSWORD = "brand-new-secret-7"
 
 
-class Env:
-    pass
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory):
-    from playwright.async_api import async_playwright
-    e = Env()
-    e.config = make_config(tmp_path_factory.mktemp("web-users"))
-    e.store = make_store(e.config)
-    e.server = await start_app(e.config, e.store, EventBus())
-    e.playwright = await async_playwright().start()
-    e.browser = await launch_browser(e.playwright)
-    yield e
-    await e.browser.close()
-    await e.playwright.stop()
-    await e.server.stop()
-    e.store.close()
+    config = make_config(tmp_path_factory.mktemp("web-users"))
+    async with browser_env(config, make_store(config), EventBus(), tmp_path_factory) as e:
+        yield e
 
 
 async def admin_page(env):
-    context = await env.browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
-    page = await context.new_page()
-    page.set_default_timeout(15000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await browser_login(page, env.server.url, "root")
-    page.errors = errors
-    return page
+    # the changes end sessions on purpose: refused requests are expected, uncaught errors are not
+    return await open_page(env, "root", {"width": 1440, "height": 900}, console=False)
 
 
 async def status_of(http, url: str) -> int:

@@ -286,14 +286,16 @@ async def browser_env(config: Config, store: Store, bus: EventBus,
 
 
 async def open_page(env: BrowserEnv, username: str, viewport: dict[str, int],
-                         timeout_ms: int = 15000) -> Any:
-    """A new page logged in as `username`; `page.errors` collects the page's JS errors."""
+                    timeout_ms: int = 15000, console: bool = True) -> Any:
+    """A new page logged in as `username`; `page.errors` collects the page's uncaught JS
+    errors and, with `console`, what it logs as errors (refused requests among them)."""
     context = await env.browser.new_context(viewport=viewport, locale="zh-CN")
     page = await context.new_page()
     page.set_default_timeout(timeout_ms)
     page.errors = []
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+    if console:
+        page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
     await browser_login(page, env.server.url, username)
     return page
 

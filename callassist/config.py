@@ -69,6 +69,7 @@ def _checked(check: Callable[[Any], str | None]) -> dict[str, Any]:
 class StorageConfig:
     data_dir: str
     retention_days: int = field(metadata=_checked(_between(0, 36500)))
+    database_url: str            # "" = SQLite in data_dir; postgresql://... = a shared PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,35 @@ class WebConfig:
     metrics_remote: bool = False
 
 
+ROLES = ("all", "ari", "worker", "web")
+
+
+def _roles(value: str) -> str | None:
+    names = [name.strip() for name in value.split(",")]
+    bad = [name for name in names if name not in ROLES]
+    return f"must be a comma-separated list of {', '.join(ROLES)}" if bad or not value.strip() else None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    role: str = field(metadata=_checked(_roles))
+    bus_url: str
+    node_id: str
+    worker_capacity: int = field(metadata=_checked(_between(1, 1000)))
+    heartbeat_s: float = field(metadata=_checked(_between(0.1, 60)))
+    worker_timeout_s: float = field(metadata=_checked(_between(0.3, 600)))
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles this process runs; "all" is every role on the in-process bus."""
+        names = {name.strip() for name in self.role.split(",")}
+        return frozenset(ROLES[1:]) if "all" in names else frozenset(names)
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.bus_url)
+
+
 @dataclass(frozen=True)
 class Config:
     storage: StorageConfig
@@ -157,6 +187,7 @@ class Config:
     cue: CueConfig
     analytics: AnalyticsConfig
     web: WebConfig
+    cluster: ClusterConfig
     source: str = "defaults"
     # Not errors for every command (other tools' CALLASSIST_* variables may be about), but
     # `config check` fails on them and serve/demo log them.
@@ -312,6 +343,17 @@ def load_config(path: str | os.PathLike | None = None,
         problems.append(f"{merged['ari']['url'][1]}: [ari] url: must start with http:// or https://")
     if "web" in built and bool(built["web"].tls_cert) != bool(built["web"].tls_key):
         problems.append(f"{merged['web']['tls_cert'][1]}: [web] tls_cert/tls_key: set both or neither")
+    if "cluster" in built and built["cluster"].roles != frozenset(ROLES[1:]) and not built["cluster"].bus_url:
+        problems.append(f"{merged['cluster']['role'][1]}: [cluster] role: a role other than \"all\" "
+                        f"needs [cluster] bus_url (redis://host:6379/0): the roles talk over the bus")
+    if "cluster" in built and built["cluster"].bus_url and not built["cluster"].bus_url.startswith(
+            ("redis://", "rediss://", "unix://")):
+        problems.append(f"{merged['cluster']['bus_url'][1]}: [cluster] bus_url: must start with redis://, "
+                        f"rediss:// or unix://")
+    if "storage" in built and built["storage"].database_url and not built["storage"].database_url.startswith(
+            ("postgresql://", "postgres://")):
+        problems.append(f"{merged['storage']['database_url'][1]}: [storage] database_url: must start with "
+                        f"postgresql:// (empty: SQLite in data_dir)")
     if "storage" in built:
         raw, origin = merged["storage"]["data_dir"]
         built["storage"] = dataclasses.replace(

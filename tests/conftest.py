@@ -51,3 +51,10 @@ def whisper_engine(whisper_base_model_dir):
 # per session by the tests that ask for it; see tests/asterisk_fixture.py.
 # ---------------------------------------------------------------------------------------
 from asterisk_fixture import asterisk  # noqa: F401  (registers the session fixture)
+
+
+# ---------------------------------------------------------------------------------------
+# redis / postgres: real servers from Debian's packages for the multi-machine parts
+# (bus, shared store), started once per session; see tests/servers.py.
+# ---------------------------------------------------------------------------------------
+from servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401,E402

@@ -307,25 +307,38 @@ class Store:
         commit. Returns its sequence number."""
         return self.record_many([event])[0]
 
-    def record_many(self, events: Sequence[CallEvent]) -> list[int]:
-        """Persist several events in ONE transaction (all or nothing), e.g. an imported call."""
+    def record_many(self, events: Sequence[CallEvent], origins: Sequence[str] | None = None) -> list[int]:
+        """Persist several events in ONE transaction (all or nothing), e.g. an imported call.
+        `origins`: each event's id on a message bus; an event whose origin is already stored
+        (delivered again after a writer died before acknowledging it) is skipped, and its
+        stored seq returned."""
         with self._write_lock:
-            return self.record_batch(self._write_db, events)
+            return self.record_batch(self._write_db, events, origins)
 
-    def record_batch(self, db: sqlite3.Connection, events: Sequence[CallEvent]) -> list[int]:
+    def record_batch(self, db: sqlite3.Connection, events: Sequence[CallEvent],
+                     origins: Sequence[str] | None = None) -> list[int]:
         """record_many on connection `db` (the bus recorder's own); listeners are told
         before any other transaction can add events, so they hear them in seq order."""
+        if origins is not None and len(origins) != len(events):
+            raise ValueError(f"{len(events)} events but {len(origins)} origins")
         items: list[tuple[int, dict[str, Any], bool]] = []
         with self._events_lock:
             with self._transaction(db):
-                for event in events:
-                    items.append(self._apply(db, event))
+                for index, event in enumerate(events):
+                    origin = origins[index] if origins is not None else None
+                    stored = origin is not None and db.execute(
+                        "SELECT seq FROM events WHERE origin = ?", (origin,)).fetchone()
+                    if stored:
+                        items.append((stored["seq"], event_to_dict(event), False))
+                    else:
+                        items.append(self._apply(db, event, origin))
             for seq, data, new in items:
                 if new:
                     self._notify((seq, data))
         return [seq for seq, _, _ in items]
 
-    def _apply(self, db: sqlite3.Connection, event: CallEvent) -> tuple[int, dict[str, Any], bool]:
+    def _apply(self, db: sqlite3.Connection, event: CallEvent,
+               origin: str | None = None) -> tuple[int, dict[str, Any], bool]:
         """Write one event; returns (seq, wire form, whether it was new)."""
         data = event_to_dict(event)
         handler = self._HANDLERS.get(type(event))
@@ -336,9 +349,9 @@ class Store:
         if isinstance(partial_key, _Duplicate):
             return partial_key.seq, data, False
         cur = db.execute(
-            "INSERT INTO events (call_id, type, payload, at, partial_key) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO events (call_id, type, payload, at, partial_key, origin) VALUES (?, ?, ?, ?, ?, ?)",
             (event.call_id, data["type"], json.dumps(data, ensure_ascii=False), event.at,
-             partial_key))
+             partial_key, origin))
         assert cur.lastrowid is not None        # set by every INSERT
         return cur.lastrowid, data, True
 

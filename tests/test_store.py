@@ -617,3 +617,19 @@ def test_purge_works_in_batches(store: Store, monkeypatch) -> None:
     store.record_many(simple_call("recent", at=T0 + 100 * 86400))
     assert store.purge(30, now=T0 + 101 * 86400) == 5
     assert ids(store.list_calls()) == ["recent"]
+
+
+def test_an_event_delivered_again_from_the_bus_is_stored_once(store: Store) -> None:
+    events = simple_call("replayed")
+    origins = [f"1700000000000-{i}" for i in range(len(events))]
+    first = store.record_many(events[:3], origins[:3])
+    listener = store.listen()
+    # the writer died after committing the first three and before acknowledging them: the
+    # bus delivers them again with the rest
+    again = store.record_many(events, origins)
+    assert again[:3] == first
+    delivered = [listener.get_nowait()[0] for _ in range(listener.qsize())]
+    assert delivered == again[3:]                       # the new ones only, once each
+    assert [seq for seq, _ in store.events_since(0, call_ids=["replayed"])] == again
+    # control: without origins the same events are stored again
+    assert store.record_many(events[:1])[0] > again[-1]

@@ -188,9 +188,18 @@ _CALL_ANALYTICS = (
     )""",
 )
 
+# Where an event came from on a message bus (the stream entry id, agent_ui.store record_many's
+# `origins`): an event delivered again after a store writer died before acknowledging it is
+# recognised and not stored twice.
+_EVENT_ORIGIN = (
+    "ALTER TABLE events ADD COLUMN origin TEXT",
+    "CREATE UNIQUE INDEX events_origin ON events(origin) WHERE origin IS NOT NULL",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL),
     Migration(2, "cards: heard and via", _CARD_HEARD_VIA),
     Migration(3, "accounts: disabled users, session origin, audit log", _ACCOUNTS),
     Migration(4, "call analytics: conversation stats and call reading", _CALL_ANALYTICS),
+    Migration(5, "events: origin on the message bus", _EVENT_ORIGIN),
 )

@@ -8,7 +8,7 @@ and `dropped` counts it (the screen catches up from the store on reconnect).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import contextmanager
 
 from callassist.events import CallEvent
@@ -64,3 +64,17 @@ class EventBus:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
+
+
+class ForwardingBus(EventBus):
+    """An in-process bus that also forwards every event it carries (to a message bus that
+    other machines read): a worker's own parts (post-call pass, live reader) follow its
+    calls in process, and the rest of the cluster sees the same events."""
+
+    def __init__(self, forward: Callable[[CallEvent], None]) -> None:
+        super().__init__()
+        self._forward = forward
+
+    def publish(self, event: CallEvent) -> None:
+        super().publish(event)
+        self._forward(event)

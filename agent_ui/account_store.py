@@ -1,8 +1,8 @@
 """Accounts in the database: users and their endpoints, sessions, failed-login records
 (for auth.LoginRateLimiter) and the audit log of logins and user management.
 
-AccountStore shares the Store's SQLite connection and its transaction helpers (one
-file, one lock, one migration list); it is reached as `store.accounts`.
+AccountStore uses the store's database engine (agent_ui.db: SQLite or PostgreSQL, one
+migration list per engine); it is reached as `store.accounts`.
 
 Sessions: a session is live iff `get_session(token)` returns it. Every end of a
 session deletes its row (logout, removal, password/role/endpoint change, disabling,
@@ -18,16 +18,12 @@ with an actor, an audit row is written in the same transaction as the change.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent_ui.auth import ROLES, SESSION_TTL, hash_token, new_token, normalise_username
-from agent_ui.store import StoreError
-
-if TYPE_CHECKING:
-    from agent_ui.store import Store
+from agent_ui.db import Connection, Database, StoreError
 
 USERNAME_MAX = 64
 # Usernames made from now on: ASCII letters, digits and . _ @ - (starting with a letter
@@ -77,10 +73,10 @@ def _clip(text: str) -> str:
 
 
 class AccountStore:
-    """Users, sessions, failed logins and the audit log, on the Store's connection."""
+    """Users, sessions, failed logins and the audit log."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     # --- users ----------------------------------------------------------------------
 
@@ -91,7 +87,7 @@ class AccountStore:
         self._check_role(role)
         endpoints = check_endpoints(endpoints)
         key = normalise_username(username)
-        with self._store._write() as db:
+        with self._db.write() as db:
             if db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
                 raise AccountError(f"user {username!r} already exists", f"用户 {username} 已存在")
             for (existing,) in db.execute("SELECT username FROM users"):
@@ -115,7 +111,7 @@ class AccountStore:
                                f"未知角色：{role!r}")
 
     @staticmethod
-    def _claim_endpoints(db: sqlite3.Connection, username: str, endpoints: list[str]) -> None:
+    def _claim_endpoints(db: Connection, username: str, endpoints: list[str]) -> None:
         for endpoint in endpoints:
             owner = db.execute("SELECT username FROM user_endpoints WHERE endpoint = ?",
                                (endpoint,)).fetchone()
@@ -124,7 +120,7 @@ class AccountStore:
                                    f"分机 {endpoint} 已属于用户 {owner[0]}")
 
     @staticmethod
-    def _user(db: sqlite3.Connection, row: sqlite3.Row | None) -> dict[str, Any] | None:
+    def _user(db: Connection, row: Any) -> dict[str, Any] | None:
         if row is None:
             return None
         user = dict(row)
@@ -137,12 +133,12 @@ class AccountStore:
     def get_user(self, username: str) -> dict[str, Any] | None:
         """username, role, display_name, password_hash (for login only: never send it
         to a browser), created_at, disabled_at, disabled, endpoints."""
-        with self._store._read() as db:
+        with self._db.read() as db:
             return self._user(db, db.execute("SELECT * FROM users WHERE username = ?",
                                              (username,)).fetchone())
 
     def user_for_endpoint(self, endpoint: str) -> dict[str, Any] | None:
-        with self._store._read() as db:
+        with self._db.read() as db:
             return self._user(db, db.execute(
                 "SELECT u.* FROM users u JOIN user_endpoints e ON e.username = u.username "
                 "WHERE e.endpoint = ?", (endpoint,)).fetchone())
@@ -151,7 +147,7 @@ class AccountStore:
         """Every user without the password hash, by username, with `sessions`: how many
         live sessions they have."""
         now = time.time() if now is None else now
-        with self._store._read() as db:
+        with self._db.read() as db:
             users = [self._user(db, r) for r in db.execute(
                 """SELECT username, role, display_name, created_at, disabled_at,
                           (SELECT count(*) FROM sessions s WHERE s.username = u.username
@@ -159,14 +155,14 @@ class AccountStore:
                    FROM users u ORDER BY username""", (now,))]
         return users  # type: ignore[return-value]
 
-    def _require(self, db: sqlite3.Connection, username: str) -> sqlite3.Row:
+    def _require(self, db: Connection, username: str) -> Any:
         row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
             raise AccountError(f"no user {username!r}", f"没有用户 {username}")
         return row
 
     @staticmethod
-    def _keep_an_admin(db: sqlite3.Connection, username: str, what: str) -> None:
+    def _keep_an_admin(db: Connection, username: str, what: str) -> None:
         """Refuse a change that would leave no active admin (nobody could manage users)."""
         others = db.execute("SELECT count(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL "
                             "AND username != ?", (username,)).fetchone()[0]
@@ -178,7 +174,7 @@ class AccountStore:
     def set_password_hash(self, username: str, password_hash: str, *, keep_token: str | None = None,
                           actor: str | None = None, address: str = "") -> bool:
         """New password; ends every session of the user except `keep_token`'s. False: no such user."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             if db.execute("UPDATE users SET password_hash = ? WHERE username = ?",
                           (password_hash, username)).rowcount == 0:
                 return False
@@ -190,7 +186,7 @@ class AccountStore:
                  address: str = "") -> None:
         """New role; ends the user's sessions (their screens change)."""
         self._check_role(role)
-        with self._store._write() as db:
+        with self._db.write() as db:
             row = self._require(db, username)
             if row["role"] == role:
                 return
@@ -206,7 +202,7 @@ class AccountStore:
         """Replace the user's endpoints; ends their sessions (what they may see changed).
         Returns the endpoints as stored."""
         endpoints = check_endpoints(endpoints)
-        with self._store._write() as db:
+        with self._db.write() as db:
             self._require(db, username)
             before = [r[0] for r in db.execute("SELECT endpoint FROM user_endpoints WHERE "
                                                "username = ? ORDER BY endpoint", (username,))]
@@ -222,7 +218,7 @@ class AccountStore:
     def set_disabled(self, username: str, disabled: bool, *, actor: str | None = None,
                      address: str = "", now: float | None = None) -> None:
         """Disable (ends every session; logins are refused) or enable again."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             row = self._require(db, username)
             if disabled == (row["disabled_at"] is not None):
                 return
@@ -240,7 +236,7 @@ class AccountStore:
     def remove_user(self, username: str, *, actor: str | None = None, address: str = "") -> bool:
         """Remove the user, their endpoints and sessions. Their reviews, card
         acknowledgements and audit rows stay (history). False: no such user."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
             if row is None:
                 return False
@@ -259,13 +255,13 @@ class AccountStore:
         now = time.time() if now is None else now
         token, csrf = new_token(), new_token()
         try:
-            with self._store._write() as db:
+            with self._db.write() as db:
                 db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
                 db.execute("INSERT INTO sessions (token_hash, username, csrf, created_at, expires_at, "
                            "address, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (hash_token(token), username, csrf, now, now + ttl, _clip(address),
                             _clip(user_agent)))
-        except sqlite3.IntegrityError:
+        except self._db.integrity_errors:
             raise AccountError(f"no user {username!r}", f"没有用户 {username}") from None
         return token, csrf
 
@@ -275,8 +271,8 @@ class AccountStore:
         if not token:
             return None
         now = time.time() if now is None else now
-        with self._store._lock:
-            row = self._store._db.execute(
+        with self._db.query() as db:
+            row = db.execute(
                 "SELECT s.username, s.csrf, s.created_at, s.expires_at, u.disabled_at "
                 "FROM sessions s JOIN users u ON u.username = s.username WHERE s.token_hash = ?",
                 (hash_token(token),)).fetchone()
@@ -297,10 +293,10 @@ class AccountStore:
         by_hash = {hash_token(token): token for token in tokens if token}
         hashes = list(by_hash)
         live: set[str] = set()
-        with self._store._lock:
+        with self._db.query() as db:
             for start in range(0, len(hashes), 500):
                 chunk = hashes[start:start + 500]
-                live.update(by_hash[row[0]] for row in self._store._db.execute(
+                live.update(by_hash[row[0]] for row in db.execute(
                     "SELECT s.token_hash FROM sessions s JOIN users u ON u.username = s.username "
                     "WHERE s.expires_at > ? AND u.disabled_at IS NULL AND s.token_hash IN "
                     f"({','.join('?' * len(chunk))})", (now, *chunk)))
@@ -308,7 +304,7 @@ class AccountStore:
 
     def delete_session(self, token: str, *, actor: str | None = None, address: str = "") -> bool:
         """Log out one session (actor: audits it as a logout)."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             row = db.execute("SELECT username FROM sessions WHERE token_hash = ?",
                              (hash_token(token),)).fetchone()
             if row is None:
@@ -320,14 +316,14 @@ class AccountStore:
     def delete_user_sessions(self, username: str, *, keep_token: str | None = None,
                              actor: str | None = None, address: str = "") -> int:
         """Log the user out everywhere (but `keep_token`'s session); how many ended."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             ended = self._end_sessions(db, username, keep_token)
             self._audit(db, actor, "user.logout_everywhere", username, address,
                         {"sessions_ended": ended})
         return ended
 
     @staticmethod
-    def _end_sessions(db: sqlite3.Connection, username: str, keep_token: str | None = None) -> int:
+    def _end_sessions(db: Connection, username: str, keep_token: str | None = None) -> int:
         keep = hash_token(keep_token) if keep_token else ""
         return db.execute("DELETE FROM sessions WHERE username = ? AND token_hash != ?",
                           (username, keep)).rowcount
@@ -336,8 +332,8 @@ class AccountStore:
         """The user's live sessions, newest first: id (a prefix of the token's hash: it
         names the session and opens nothing), created_at, expires_at, address, user_agent."""
         now = time.time() if now is None else now
-        with self._store._lock:
-            rows = self._store._db.execute(
+        with self._db.query() as db:
+            rows = db.execute(
                 "SELECT substr(token_hash, 1, ?) AS id, created_at, expires_at, address, user_agent "
                 "FROM sessions WHERE username = ? AND expires_at > ? ORDER BY created_at DESC",
                 (SESSION_ID_CHARS, username, now)).fetchall()
@@ -354,7 +350,7 @@ class AccountStore:
         account in advance. Returns (retry_after, account failures in the last
         `account_window` before this one, ids of the recorded rows); retry_after > 0:
         refused, nothing recorded. A successful login forgets its rows (forget_login_attempt)."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             db.execute("DELETE FROM login_attempts WHERE key IN (?, ?) AND at <= ?",
                        (address_key, account_key, now - max(window, account_window)))
             times = [r[0] for r in db.execute(
@@ -365,33 +361,34 @@ class AccountStore:
             account_failures = db.execute(
                 "SELECT count(*) FROM login_attempts WHERE key = ? AND at > ?",
                 (account_key, now - account_window)).fetchone()[0]
-            ids = tuple(int(db.execute("INSERT INTO login_attempts (key, at) VALUES (?, ?)",
-                                       (key, now)).lastrowid or 0)
+            ids = tuple(int(db.execute("INSERT INTO login_attempts (key, at) VALUES (?, ?) "
+                                       f"RETURNING {self._db.dialect.rowid}", (key, now)).fetchone()[0])
                         for key in (address_key, account_key))
         return 0.0, account_failures, ids
 
     def forget_login_attempt(self, ids: Collection[int]) -> None:
         ids = list(ids)
         if ids:
-            with self._store._write() as db:
-                db.execute("DELETE FROM login_attempts WHERE rowid IN (SELECT value FROM json_each(?))",
-                           (json.dumps(ids),))
+            with self._db.write() as db:
+                dialect = self._db.dialect
+                db.execute(f"DELETE FROM login_attempts WHERE {dialect.rowid} IN "
+                           f"({dialect.json_values('bigint')})", (json.dumps(ids),))
 
     def add_login_failure(self, key: str, at: float) -> None:
-        with self._store._write() as db:
+        with self._db.write() as db:
             db.execute("DELETE FROM login_attempts WHERE key = ? AND at < ?", (key, at - 3600))
             db.execute("INSERT INTO login_attempts (key, at) VALUES (?, ?)", (key, at))
 
     def login_failures(self, key: str, since: float) -> list[float]:
         """Times of failed logins for `key` after `since`, oldest first."""
-        with self._store._lock:
-            return [r[0] for r in self._store._db.execute(
+        with self._db.query() as db:
+            return [r[0] for r in db.execute(
                 "SELECT at FROM login_attempts WHERE key = ? AND at > ? ORDER BY at", (key, since))]
 
     # --- audit log ------------------------------------------------------------------
 
     @staticmethod
-    def _audit(db: sqlite3.Connection, actor: str | None, action: str, target: str, address: str,
+    def _audit(db: Connection, actor: str | None, action: str, target: str, address: str,
                detail: dict[str, Any], at: float | None = None) -> None:
         if actor is None:
             return
@@ -403,7 +400,7 @@ class AccountStore:
     def audit(self, actor: str, action: str, target: str = "", address: str = "",
               detail: dict[str, Any] | None = None, at: float | None = None) -> None:
         """One audit row on its own (logins, refused logins)."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             self._audit(db, actor, action, target, address, detail or {}, at)
 
     def audit_log(self, limit: int = 200, target: str | None = None) -> list[dict[str, Any]]:
@@ -414,13 +411,13 @@ class AccountStore:
             query += " WHERE target = ? OR actor = ?"
             params += [target, target]
         query += " ORDER BY id DESC LIMIT ?"
-        with self._store._lock:
-            rows = self._store._db.execute(query, (*params, max(1, min(limit, 10_000)))).fetchall()
+        with self._db.query() as db:
+            rows = db.execute(query, (*params, max(1, min(limit, 10_000)))).fetchall()
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
     def purge(self, now: float, audit_days: float) -> None:
         """Expired sessions, failed logins older than a day, audit rows older than `audit_days`."""
-        with self._store._write() as db:
+        with self._db.write() as db:
             db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM login_attempts WHERE at < ?", (now - 86400,))
             db.execute("DELETE FROM audit_log WHERE at < ?", (now - audit_days * 86400,))

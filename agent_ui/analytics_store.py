@@ -3,7 +3,7 @@ ConversationStats.to_dict()) and the call-level reading (prompts.call_reading,
 CallReading.to_dict()), one row per call in `call_analytics` (migration 4), deleted with
 the call (retention purge: ON DELETE CASCADE).
 
-AnalyticsStore shares the Store's connections and transaction helpers; it is reached as
+AnalyticsStore uses the store's database engine (agent_ui.db); it is reached as
 `store.analytics`. Its writes may wait for another process holding the database: call
 them off the event loop (`await store.off_loop(store.analytics.save_stats, ...)`, or from
 the post-call worker thread as callassist.postcall does).
@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent_ui.store import StoreError
-
-if TYPE_CHECKING:
-    from agent_ui.store import Store
+from agent_ui.db import Database, StoreError
 
 _COLUMNS = ("stats", "reading")
 
@@ -25,8 +22,8 @@ _COLUMNS = ("stats", "reading")
 class AnalyticsStore:
     """The stats and the reading of each call, each replaced whole when saved again."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def save_stats(self, call_id: str, stats: dict[str, Any], at: float | None = None) -> None:
         self._save(call_id, "stats", stats, at)
@@ -37,7 +34,7 @@ class AnalyticsStore:
     def _save(self, call_id: str, column: str, document: dict[str, Any], at: float | None) -> None:
         assert column in _COLUMNS
         text = json.dumps(document, ensure_ascii=False, allow_nan=False)
-        with self._store._write() as db:
+        with self._db.write() as db:
             if db.execute("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)).fetchone() is None:
                 raise StoreError(f"call {call_id!r}: no such call, its analytics are not stored")
             db.execute(f"INSERT INTO call_analytics (call_id, {column}, updated_at) VALUES (?, ?, ?) "
@@ -48,7 +45,7 @@ class AnalyticsStore:
     def get(self, call_id: str) -> dict[str, Any] | None:
         """{"stats": dict | None, "reading": dict | None, "updated_at": float}, or None
         when nothing is stored for the call."""
-        with self._store._read() as db:
+        with self._db.read() as db:
             row = db.execute("SELECT stats, reading, updated_at FROM call_analytics WHERE call_id = ?",
                              (call_id,)).fetchone()
         if row is None:

@@ -1,25 +1,36 @@
 """The thread that records the bus into the store, off the event loop.
 
-The loop that carries RTP, ARI and the websockets must never wait for SQLite: another
-process (`callassist user ...`, `archive import`, a backup) may hold the database's
-write lock for seconds. So the bus recorder only hands events to this writer
-(`submit`, never blocks) and one thread, with its own connection, writes them:
+The loop that carries RTP, ARI and the websockets must never wait for the database:
+another process (`callassist user ...`, `archive import`, a backup) may hold SQLite's
+write lock for seconds, a PostgreSQL server may be restarting. So the bus recorder only
+hands events to this writer (`submit`, never blocks) and one thread, with its own
+connection, writes them:
 
 - strictly in order; what queued up while a write was in progress goes into the next
-  transaction as one batch (Store.record_batch);
-- "database is locked" is waited out with backoff, never by dropping an event; a
-  warning with the backlog says when writes fall behind, another when they caught up;
-- listeners hear of committed events on their own loop (Store._notify), in commit order;
+  transaction as one batch (EventLog.record_batch);
+- what the engine calls "retry later" (SQLite: database is locked; PostgreSQL: the
+  server went away or is restarting, psycopg.OperationalError) is waited out with
+  backoff, never by dropping an event; a warning with the backlog says when writes fall
+  behind, another when they caught up;
+- each event may carry an origin (its id on a message bus): a batch retried after a
+  commit whose answer was lost stores nothing twice (EventLog.record_batch skips stored
+  origins). With `name_events`, events submitted without one get a unique origin of this
+  writer, so that is true of every event (PostgreSQL: a COMMIT can succeed on the server
+  while the connection drops before its answer);
+- listeners hear of committed events on their own loop, in commit order;
 - `close()` drains the queue: nothing is lost at a clean stop.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from callassist.events import CallEvent
 
@@ -32,24 +43,31 @@ BEHIND_AFTER = 1.0             # an event waiting this long means writes fall be
 WARN_EVERY = 10.0              # while behind, repeat the warning this often
 DRAIN_TIMEOUT = 30.0           # close(): how long a locked database may delay the stop
 
-RecordBatch = Callable[[sqlite3.Connection, Sequence[CallEvent]], object]
-Connect = Callable[[], sqlite3.Connection]
+# (connection, events, each one's origin or None) -> seqs
+RecordBatch = Callable[[Any, Sequence[CallEvent], Sequence["str | None"]], object]
+Connect = Callable[[], Any]
 
 
-def is_lock_error(exc: sqlite3.OperationalError) -> bool:
+def is_lock_error(exc: BaseException) -> bool:
     text = str(exc)
-    return "locked" in text or "busy" in text
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 class StoreWriter:
     """One thread owning one connection: `submit(event)` from anywhere, `close()` drains."""
 
     def __init__(self, connect: Connect, record_batch: RecordBatch, *, name: str = "store-writer",
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH,
+                 retry_later: Callable[[BaseException], bool] = is_lock_error,
+                 name_events: bool = False) -> None:
         self._connect = connect
         self._record_batch = record_batch
         self._max_batch = max_batch
-        self._queue: deque[tuple[float, CallEvent]] = deque()   # (monotonic time queued, event)
+        self._retry_later = retry_later
+        self._origin_prefix = f"w-{uuid.uuid4().hex[:16]}-" if name_events else None
+        self._numbers = itertools.count()
+        # (monotonic time queued, event, origin)
+        self._queue: deque[tuple[float, CallEvent, str | None]] = deque()
         self._wake = threading.Condition()
         self._in_flight = 0
         self._closing = False
@@ -68,14 +86,18 @@ class StoreWriter:
 
     # --- the producers' side (any thread, never blocks on the database) -----------------
 
-    def submit(self, event: CallEvent) -> None:
+    def submit(self, event: CallEvent, origin: str | None = None) -> None:
+        """Queue `event` (origin: its id on a message bus, stored once however often it is
+        submitted)."""
         with self._wake:
             if self._closing:
                 log.error("store writer closed: %s of call %s not stored", type(event).__name__,
                           getattr(event, "call_id", "?"))
                 self.failed += 1
                 return
-            self._queue.append((time.monotonic(), event))
+            if origin is None and self._origin_prefix is not None:
+                origin = f"{self._origin_prefix}{next(self._numbers)}"
+            self._queue.append((time.monotonic(), event, origin))
             self._wake.notify()
 
     @property
@@ -121,19 +143,22 @@ class StoreWriter:
         finally:
             db.close()
 
-    def _store(self, db: sqlite3.Connection, batch: list[tuple[float, CallEvent]]) -> None:
-        """Commit `batch` in one transaction, waiting out locks; a batch that fails for
-        another reason is stored event by event so that only the bad event is skipped."""
-        events = [event for _, event in batch]
+    def _store(self, db: Any, batch: list[tuple[float, CallEvent, str | None]]) -> None:
+        """Commit `batch` in one transaction, waiting out locks and outages; a batch that
+        fails for another reason is stored event by event so that only the bad event is
+        skipped."""
+        events = [event for _, event, _ in batch]
+        origins = [origin for _, _, origin in batch]
         delay = RETRY_FIRST
+        failure: Exception
         while True:
             try:
-                self._record_batch(db, events)
+                self._record_batch(db, events, origins)
                 self.stored += len(events)
                 return
-            except sqlite3.OperationalError as exc:
-                if not is_lock_error(exc):
-                    failure: Exception = exc
+            except Exception as exc:
+                if not self._retry_later(exc):
+                    failure = exc
                     break
                 if self._giving_up():
                     log.error("store writer stopping with the database still locked: %d event(s) "
@@ -145,9 +170,6 @@ class StoreWriter:
                 self._check_behind(batch[0][0], exc)
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
-            except Exception as exc:
-                failure = exc
-                break
         if len(batch) > 1:
             for item in batch:
                 self._store(db, [item])
@@ -169,7 +191,7 @@ class StoreWriter:
             return
         self._warned_at = now
         log.warning("store writes are falling behind: %d event(s) waiting, the oldest for %.1f s "
-                    "(%s: another process is writing the database); calls go on, nothing is "
+                    "(%s: another process is writing the database, or it is unreachable); calls go on, nothing is "
                     "dropped", self.backlog, now - oldest_queued, exc)
 
     def _check_recovered(self, waiting: int) -> None:

@@ -1,7 +1,7 @@
 """Read-only queries behind the trends page (agent_ui.views.trends): every call that
 started in a date range, with what the trends count about it, reached as `store.trends`.
 
-One snapshot (Store._read) per query, a handful of SELECTs for the whole range rather
+One snapshot (Database.read) per query, a handful of SELECTs for the whole range rather
 than one per call. Nothing here writes and nothing needs a migration: the trends are
 computed from calls, cards, users' endpoints, the final transcript and, once the
 analytics step has stored readings (table call_analytics), the escalation score.
@@ -9,14 +9,12 @@ analytics step has stored readings (table call_analytics), the escalation score.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agent_ui.archive_store import CALL_COLUMNS, CALL_FROM, card_dict
+from agent_ui.db import Connection, Database
 from agent_ui.risk import ESCALATION_THREATS
-
-if TYPE_CHECKING:
-    from agent_ui.store import Store
 
 ANALYTICS_TABLE = "call_analytics"
 
@@ -44,25 +42,24 @@ class TrendCall:
 
 
 class TrendStore:
-    """The trends' queries, on the Store's read connection."""
+    """The trends' queries, on the engine's read connection."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def calls(self, date_from: float, date_to: float, *, status: str | None = None,
               with_detail: bool = False) -> list[TrendCall]:
         """Calls with date_from <= started_at <= date_to (epoch seconds), oldest first;
         `status`: only live or only ended calls (QA sees ended calls only);
         `with_detail`: also load each call's cards and final utterances."""
-        from agent_ui.store import Store           # it imports this module
         where = "c.started_at >= ? AND c.started_at <= ?"
         params: list[Any] = [date_from, date_to]
         if status is not None:
             where += " AND c.status = ?"
             params.append(status)
-        with self._store._read() as db:
+        with self._db.read() as db:
             rows = db.execute(
-                f"SELECT {Store._CALL_COLUMNS} {Store._CALL_FROM} WHERE {where} "
+                f"SELECT {CALL_COLUMNS} {CALL_FROM} WHERE {where} "
                 "ORDER BY c.started_at, c.call_id", params).fetchall()
             calls: dict[str, TrendCall] = {}
             details: dict[str, dict[str, Any]] = {}
@@ -81,7 +78,7 @@ class TrendStore:
                                    "ORDER BY call_id, start, fired_at", params):
                 call = calls[card["call_id"]]
                 if with_detail:
-                    details[card["call_id"]]["cards"].append(Store._card_dict(card))
+                    details[card["call_id"]]["cards"].append(card_dict(card))
                 if card["status"] == "withdrawn":
                     continue
                 call.card_count += 1
@@ -102,13 +99,11 @@ class TrendStore:
                 calls[call_id].escalation_score = score
         return list(calls.values())
 
-    @staticmethod
-    def _escalation_scores(db: sqlite3.Connection, in_range: str,
+    def _escalation_scores(self, db: Connection, in_range: str,
                            params: list[Any]) -> list[tuple[str, float]]:
         """(call id, escalation score) of the calls whose stored reading has one; none
         before the analytics migration has created call_analytics."""
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                      (ANALYTICS_TABLE,)).fetchone() is None:
+        if db.execute(self._db.dialect.table_exists, (ANALYTICS_TABLE,)).fetchone() is None:
             return []
         scores = []
         for call_id, reading in db.execute(

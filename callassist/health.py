@@ -18,10 +18,8 @@ The verdict never names addresses or users (/healthz needs no login); the log ha
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 Status = Literal["ok", "degraded", "down"]
@@ -93,8 +91,7 @@ class ServiceHealth:
                           "坐席助手未连接 Asterisk，通话未被监听")
 
     async def _check_store(self, report: HealthReport) -> None:
-        path = Path(self.store.path)
-        writable = await asyncio.to_thread(_writable, path)   # a stat call may hang on a bad disk
+        writable = await asyncio.to_thread(self.store.writable)   # a stat call may hang on a bad disk
         report.checks["store"] = {"writable": writable}
         if not writable:
             report.worsen("down", "store: the database cannot be written",
@@ -128,6 +125,3 @@ class ServiceHealth:
             report.worsen("degraded", f"speech: decoding {backlog:.1f} s behind",
                           f"识别延迟 {backlog:.0f} 秒，提示卡会晚到")
 
-
-def _writable(path: Path) -> bool:
-    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)

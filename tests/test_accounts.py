@@ -56,7 +56,7 @@ def test_confusable_and_colliding_usernames_are_refused(store: Store) -> None:
 # --- every end of a session deletes it -------------------------------------------------
 
 def _sessions_of(store: Store, username: str) -> int:
-    return store._db.execute("SELECT count(*) FROM sessions WHERE username = ?",
+    return store.db._db.execute("SELECT count(*) FROM sessions WHERE username = ?",
                              (username,)).fetchone()[0]
 
 
@@ -101,9 +101,9 @@ def test_a_disabled_user_has_no_session_even_if_a_row_survived(store: Store) -> 
     accounts = store.accounts
     accounts.add_user("alice", "qa", "h")
     token, _ = accounts.create_session("alice")
-    store._db.execute("UPDATE users SET disabled_at = 1 WHERE username = 'alice'")  # row kept
+    store.db._db.execute("UPDATE users SET disabled_at = 1 WHERE username = 'alice'")  # row kept
     assert _sessions_of(store, "alice") == 1 and accounts.get_session(token) is None
-    store._db.execute("UPDATE users SET disabled_at = NULL WHERE username = 'alice'")
+    store.db._db.execute("UPDATE users SET disabled_at = NULL WHERE username = 'alice'")
     assert accounts.get_session(token) is not None                        # positive control
 
 
@@ -241,7 +241,7 @@ async def test_logout_and_disabled_login_are_audited(site):
         store.accounts.set_disabled("bob", True, actor="root")
         token = await login_token(http, server.url)
         assert (await post_login(http, server.url, token, "bob", PASSWORD))[0] == 403
-        assert store._db.execute("SELECT count(*) FROM sessions WHERE username = 'bob'").fetchone()[0] == 0
+        assert store.db._db.execute("SELECT count(*) FROM sessions WHERE username = 'bob'").fetchone()[0] == 0
     actions = [(e["action"], e["target"]) for e in store.accounts.audit_log(4)]
     assert actions == [("login.disabled", "bob"), ("user.disable", "bob"), ("logout", "alice"),
                        ("login", "alice")]

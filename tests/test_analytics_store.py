@@ -59,7 +59,7 @@ def test_analytics_go_with_the_call_when_it_is_purged(tmp_path):
             store.analytics.save_stats(call_id, STATS)
         assert store.purge(5) == 1
         assert store.analytics.get("old") is None and store.analytics.get("new") is not None
-        rows = store._db.execute("SELECT call_id FROM call_analytics").fetchall()
+        rows = store.db._db.execute("SELECT call_id FROM call_analytics").fetchall()
         assert [r[0] for r in rows] == ["new"]
 
 

@@ -1,5 +1,7 @@
-"""agent_ui.store on real SQLite files: schema, recording bus events, the live feed,
-queries, full-text search, users, sessions and retention."""
+"""agent_ui.store on both engines (a real SQLite file, a real PostgreSQL database from
+tests/servers.py): recording bus events, the live feed, queries, full-text search, users,
+sessions and retention; the SQLite specifics (file, WAL, migrations, locks) on SQLite only
+(PostgreSQL's own: tests/test_store_postgres.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import agent_ui.store as store_module
+import agent_ui.db_sqlite as sqlite_engine
+import agent_ui.retention_store as retention_module
+from agent_ui.db_postgres import PostgresDatabase
 from agent_ui.migrations import MIGRATIONS, Migration
 from agent_ui.risk import call_risk
 from agent_ui.store import Store, StoreError, open_store
@@ -45,11 +49,47 @@ def simple_call(call_id: str, at: float = T0, endpoint: str = "PJSIP/1001",
     return events
 
 
+def open_engine(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    if engine == "sqlite":
+        return Store(tmp_path / "callassist.db")
+    url = request.getfixturevalue("postgres_url")         # a fresh database of its own
+    return Store(PostgresDatabase(url), recordings_dir=tmp_path / "recordings")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """The same behaviour on both engines."""
+    s = open_engine(request.param, tmp_path, request)
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path):
+def sqlite_store(tmp_path: Path):
     s = Store(tmp_path / "callassist.db")
     yield s
     s.close()
+
+
+def scalar(store: Store, sql: str, *params: object) -> object:
+    """One value from a query on the store's own read connection (either engine)."""
+    with store.db.query() as db:
+        return db.execute(sql, params).fetchone()[0]
+
+
+async def delivered(store: Store) -> None:
+    """Until every committed event has reached the listeners' queues: at once on SQLite
+    (the committing thread hands them over), through the follower on PostgreSQL."""
+    target = store.last_seq()
+    follower = store.events.follower
+    if follower is not None:
+        for _ in range(1000):
+            if follower.last_seq >= target:
+                break
+            await asyncio.sleep(0.01)
+        assert follower.last_seq >= target, (follower.last_seq, target)
+    for _ in range(3):                  # the loop runs the hand-over queued by the thread
+        await asyncio.sleep(0)
 
 
 # --- schema ---------------------------------------------------------------------------
@@ -58,10 +98,11 @@ def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path: Path) -> None
     path = tmp_path / "callassist.db"
     s = Store(path)
     assert s.schema_version == MIGRATIONS[-1].version
-    assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 1          # NORMAL
-    tables = {r[0] for r in s._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert scalar(s, "PRAGMA journal_mode") == "wal"
+    assert scalar(s, "PRAGMA foreign_keys") == 1
+    assert scalar(s, "PRAGMA synchronous") == 1                            # NORMAL
+    with s.db.query() as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"users", "user_endpoints", "calls", "events", "utterances", "utterances_fts", "cards",
             "reviews", "sessions", "login_attempts"} <= tables
     s.record_many(simple_call("c1"))
@@ -80,7 +121,7 @@ def test_a_failing_migration_step_leaves_the_database_as_it_was(tmp_path: Path, 
     Store(path).close()
     broken = Migration(MIGRATIONS[-1].version + 1, "broken", (
         "CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"))
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + (broken,))
+    monkeypatch.setattr(sqlite_engine, "MIGRATIONS", MIGRATIONS + (broken,))
     latest = MIGRATIONS[-1].version
     with pytest.raises(StoreError, match=f"migration to schema {latest + 1} .broken. failed, "
                                          f"database left at schema {latest}"):
@@ -88,7 +129,7 @@ def test_a_failing_migration_step_leaves_the_database_as_it_was(tmp_path: Path, 
     monkeypatch.undo()
     s = Store(path)
     assert s.schema_version == MIGRATIONS[-1].version
-    assert s._db.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+    assert scalar(s, "SELECT count(*) FROM sqlite_master WHERE name = 'half_done'") == 0
     s.close()
 
 
@@ -266,7 +307,8 @@ def test_events_since_orders_and_filters(store: Store) -> None:
     assert store.last_seq() == seqs[-1]
 
 
-async def test_listeners_hear_an_event_only_after_it_is_committed(store: Store) -> None:
+async def test_listeners_hear_an_event_only_after_it_is_committed(sqlite_store: Store) -> None:
+    store = sqlite_store
     other = sqlite3.connect(store.path)                  # what another reader can see
     listener = store.listen()
     seen_committed: list[bool] = []
@@ -294,6 +336,7 @@ async def test_catch_up_then_live_has_no_gaps_or_duplicates(store: Store) -> Non
     listener = store.listen()
     caught_up = store.events_since(0)
     store.record_many(simple_call("after", at=T0 + 100))
+    await delivered(store)
     last = caught_up[-1][0]
     sent = [seq for seq, _ in caught_up]
     while not listener.empty():
@@ -307,6 +350,7 @@ async def test_catch_up_then_live_has_no_gaps_or_duplicates(store: Store) -> Non
 async def test_a_bounded_listener_drops_its_oldest_and_counts(store: Store) -> None:
     listener = store.listen(maxsize=2)
     store.record_many(simple_call("c", texts=("一", "二", "三")))
+    await delivered(store)
     assert listener.qsize() == 2 and listener.dropped == len(store.events_since(0)) - 2
     assert [listener.get_nowait()[0] for _ in range(2)] == [s for s, _ in store.events_since(0)][-2:]
 
@@ -454,8 +498,10 @@ def test_fts_index_follows_updates_and_deletes(store: Store) -> None:
     store.record(TranscriptUpdate("c", "customer", 0, "我要找律师起诉", 0, 1, True, at=T0 + 1))
     assert store.list_calls(text="投诉到消协") == []
     assert ids(store.list_calls(text="律师起诉")) == ["c"]
-    assert store._db.execute("SELECT count(*) FROM utterances_fts WHERE utterances_fts MATCH "
-                             "'\"律师起诉\"'").fetchone()[0] == 1
+    if store.engine == "sqlite":
+        assert scalar(store, "SELECT count(*) FROM utterances_fts WHERE utterances_fts MATCH "
+                             "'\"律师起诉\"'") == 1
+    assert scalar(store, "SELECT count(*) FROM utterances WHERE search_text LIKE '%投诉到消协%'") == 0
 
 
 # --- cards, reviews, risk ---------------------------------------------------------------
@@ -551,8 +597,8 @@ def test_sessions(store: Store) -> None:
     assert store.accounts.get_session(token, now=T0) is None
     assert store.accounts.get_session("") is None and store.accounts.get_session("forged") is None
     token2, _ = store.accounts.create_session("alice")
-    assert store._db.execute("SELECT count(*) FROM sessions WHERE token_hash = ? OR csrf = ?",
-                             (token2, token2)).fetchone()[0] == 0        # token not stored raw
+    assert scalar(store, "SELECT count(*) FROM sessions WHERE token_hash = ? OR csrf = ?",
+                  token2, token2) == 0                                   # token not stored raw
     assert store.accounts.delete_session(token2) and store.accounts.get_session(token2) is None
     with pytest.raises(StoreError, match="no user"):
         store.accounts.create_session("ghost")
@@ -596,9 +642,9 @@ def test_purge_deletes_old_calls_and_only_their_recordings_inside_the_data_dir(s
     assert store.get_call("old") is None and store.card_call_id("old-k") is None
     assert store.events_since(0, call_ids=["old", "old-outside"]) == []
     assert store.list_calls(text="工信部投诉") == []
-    assert store._db.execute("SELECT count(*) FROM utterances_fts").fetchone()[0] == \
-        store._db.execute("SELECT count(*) FROM utterances").fetchone()[0]
-    assert store._db.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
+    if store.engine == "sqlite":
+        assert scalar(store, "SELECT count(*) FROM utterances_fts") == scalar(store, "SELECT count(*) FROM utterances")
+    assert scalar(store, "SELECT count(*) FROM reviews") == 0
 
 
 def test_purge_drops_expired_sessions_and_old_login_attempts(store: Store) -> None:
@@ -606,12 +652,12 @@ def test_purge_drops_expired_sessions_and_old_login_attempts(store: Store) -> No
     token, _ = store.accounts.create_session("alice", ttl=10, now=T0)
     store.accounts.add_login_failure("user:alice", T0)
     store.purge(180, now=T0 + 2 * 86400)
-    assert store._db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+    assert scalar(store, "SELECT count(*) FROM sessions") == 0
     assert store.accounts.login_failures("user:alice", 0) == []
 
 
 def test_purge_works_in_batches(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "PURGE_BATCH", 2)
+    monkeypatch.setattr(retention_module, "PURGE_BATCH", 2)
     for i in range(5):
         store.record_many(simple_call(f"old{i}", at=T0 + i))
     store.record_many(simple_call("recent", at=T0 + 100 * 86400))
@@ -619,7 +665,7 @@ def test_purge_works_in_batches(store: Store, monkeypatch) -> None:
     assert ids(store.list_calls()) == ["recent"]
 
 
-def test_an_event_delivered_again_from_the_bus_is_stored_once(store: Store) -> None:
+async def test_an_event_delivered_again_from_the_bus_is_stored_once(store: Store) -> None:
     events = simple_call("replayed")
     origins = [f"1700000000000-{i}" for i in range(len(events))]
     first = store.record_many(events[:3], origins[:3])
@@ -627,9 +673,10 @@ def test_an_event_delivered_again_from_the_bus_is_stored_once(store: Store) -> N
     # the writer died after committing the first three and before acknowledging them: the
     # bus delivers them again with the rest
     again = store.record_many(events, origins)
+    await delivered(store)
     assert again[:3] == first
-    delivered = [listener.get_nowait()[0] for _ in range(listener.qsize())]
-    assert delivered == again[3:]                       # the new ones only, once each
+    heard = [listener.get_nowait()[0] for _ in range(listener.qsize())]
+    assert heard == again[3:]                       # the new ones only, once each
     assert [seq for seq, _ in store.events_since(0, call_ids=["replayed"])] == again
     # control: without origins the same events are stored again
     assert store.record_many(events[:1])[0] > again[-1]

@@ -1,14 +1,15 @@
 """The ARI application: the telephony side of live calls. It taps each customer call and
-its agent leg, moves their RTP audio into the call's CallSession (callassist.session, as
-the demo does: the session records, recognises and announces the call), and keeps
-Asterisk free of anything it left behind.
+its agent leg, points their RTP at the call's media host (ari_app.media: in this process,
+or a worker), where the call's CallSession records, recognises and announces the call
+(as the demo does), and keeps Asterisk free of anything it left behind.
 
-    customer StasisStart -> CallSession -> CallStarted -> subscribe channel:{id}
-                         -> tap customer (snoop spy=in ...)
+    customer StasisStart -> media.open_call: CallSession -> CallStarted
+                         -> subscribe channel:{id}
+                         -> tap customer (media.open_leg, snoop spy=in ...)
                          -> continue (the dialplan goes on: Queue/Dial as before)
-    Dial ANSWER (peer)   -> session: AgentJoined -> tap the agent channel the same way
-    hangup               -> delete externalMedia channels and bridges, close RTP,
-                            session.end(): finish the pipeline, close the recording, CallEnded
+    Dial ANSWER (peer)   -> media.agent_joined: AgentJoined -> tap the agent channel the same way
+    hangup               -> media.close_leg, delete externalMedia channels and bridges,
+                            media.end_call: finish the pipeline, close the recording, CallEnded
 
 A supervisor keeps the events websocket up: on a drop it reconnects with exponential
 backoff and jitter, then resynchronises from GET /channels and /bridges (calls whose
@@ -23,7 +24,9 @@ whose customer Asterisk still has are tapped again at the first resync: same cal
 and timeline, the recording continued in the same file with silence for the gap, a
 CallFault saying which seconds of the call were not heard; the dead run's snoops and
 bridges are swept. A call whose file cannot be continued records the rest in a new
-file (`<name>.part2.<fmt>`) that the fault names.
+file (`<name>.part2.<fmt>`) that the fault names. A call whose media host is lost (a
+worker died) is moved the same way: move_call() opens it again on another host and taps
+its legs again.
 """
 from __future__ import annotations
 
@@ -36,21 +39,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ari_app.calls import (STASIS_START_WAIT, Call, InterruptedCall, LegMedia, LegTap, StasisWaiter,
-                           TapAborted, TapFailed, Tapper, UtteranceShift)
+from ari_app.calls import (STASIS_START_WAIT, Call, InterruptedCall, LegTap, StasisWaiter, TapAborted,
+                           TapFailed, Tapper)
 from ari_app.client import AriClient, AriDisconnected, AriError, AriNotFound, EventSocket
+from ari_app.media import LocalMediaHost, MediaHost, OpenedCall, PipelineFactory, ResumeInfo
 from ari_app.models import AriEvent, Bridge, Channel, OwnIds
 from ari_app.ports import PortPool
-from ari_app.recorder import CallRecorder, partial_path, recording_name
 from callassist.bus import EventBus
 from callassist.config import Config
 from callassist.events import CallEvent, CallFault, CardFired, Speaker
-from callassist.session import CallSession, SessionPipeline
+from callassist.session import SessionPipeline
 
 log = logging.getLogger(__name__)
 
 CONTINUE_DEADLINE = 3.0     # the caller waits at most this long for the customer tap
-PipelineFactory = Callable[[str], SessionPipeline]
+MOVE_BASE = 100_000         # utterance numbers after the n-th move start at n * MOVE_BASE
+__all__ = ["AriApp", "AriConnection", "PipelineFactory", "ResyncReport"]
 ConnectionState = Literal["connecting", "connected", "unauthorized", "unreachable", "error"]
 
 
@@ -86,21 +90,26 @@ class AriApp:
     def __init__(self, config: Config, bus: EventBus, pipeline_factory: PipelineFactory | None = None,
                  recordings_dir: str | Path | None = None, *, client: AriClient | None = None,
                  ports: PortPool | None = None, resync_interval: float = 60.0,
-                 resumable: Iterable[InterruptedCall] = ()) -> None:
+                 resumable: Iterable[InterruptedCall] = (), media: MediaHost | None = None) -> None:
+        """`media`: where the calls' media lives; None: in this process (a LocalMediaHost
+        with `pipeline_factory`, `recordings_dir` and `ports`, closed by stop())."""
         if client is None and not config.ari.url:
             raise ValueError("[ari] url is empty: set it to Asterisk's HTTP address, "
                              "e.g. http://127.0.0.1:8088")
+        if media is not None and (ports is not None or pipeline_factory is not None):
+            raise ValueError("ports and pipeline_factory belong to the media host given")
         self.config = config
         self.bus = bus
-        self.pipeline_factory = pipeline_factory
-        self.recordings_dir = Path(recordings_dir) if recordings_dir is not None else None
         self.ari = client or AriClient.from_config(config.ari)
         self.app_name = config.ari.app
         self.ids = OwnIds(self.app_name)
-        self.ports = ports or PortPool.from_config(config.rtp)
+        self._own_media: LocalMediaHost | None = None
+        if media is None:
+            media = self._own_media = LocalMediaHost(config, self._publish, pipeline_factory,
+                                                     recordings_dir, ports)
+        self.media: MediaHost = media
         self.waiter = StasisWaiter()
-        self.tapper = Tapper(self.ari, self.ids, self.ports, self.waiter, config.rtp.advertise_host,
-                             self._publish)
+        self.tapper = Tapper(self.ari, self.ids, self.media, self.waiter, self._publish)
         self.resync_interval = resync_interval
         self.calls: dict[str, Call] = {}          # by call id (the customer channel's id)
         self._resumable = {c.call_id: c for c in resumable}   # decided at the first resync
@@ -122,21 +131,22 @@ class AriApp:
 
         def pipeline(call_id: str) -> SessionPipeline:
             return CallPipeline(call_id, engine, matcher, app.publisher_for(call_id), analytics=config.analytics)
+        if kwargs.get("media") is not None:      # the pipelines live on the media host
+            return cls(config, bus, None, None, **kwargs)
         app = cls(config, bus, pipeline, recordings_dir, **kwargs)
         return app
 
     def publisher_for(self, call_id: str) -> Callable[[CallEvent], None]:
-        """Where a call's pipeline publishes: the bus, through UtteranceShift for a
-        call tapped again after a restart."""
-        call = self.calls.get(call_id)
-        if call is not None and call.utterance_base:
-            return UtteranceShift(self.bus.publish, call.utterance_base)
+        """Where a call's pipeline publishes: the bus, through UtteranceShift for a call
+        resumed after a restart or a move (media in this process)."""
+        if isinstance(self.media, LocalMediaHost):
+            return self.media.publisher_for(call_id)
         return self.bus.publish
 
     def open_recordings(self) -> set[Path]:
-        """The files the calls' recorders are writing (crash recovery must not touch them)."""
-        return {call.session.recorder.live_path for call in self.calls.values()
-                if call.session is not None and isinstance(call.session.recorder, CallRecorder)}
+        """The files the calls' recorders are writing in this process (crash recovery must
+        not touch them)."""
+        return self.media.open_recordings() if isinstance(self.media, LocalMediaHost) else set()
 
     def release_resumable(self) -> set[str]:
         """Give up tapping the previous run's calls again (Asterisk did not answer in
@@ -178,7 +188,8 @@ class AriApp:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
-        await self.ports.close_all()
+        if self._own_media is not None:
+            await self._own_media.close()
         await self.ari.close()
 
     @property
@@ -295,9 +306,8 @@ class AriApp:
         loop = asyncio.get_running_loop()
         call = Call(call_id=channel.id, customer_id=channel.id, caller=channel.caller.number,
                     started=loop.time())
-        # the session exists as soon as the call is tracked (an early Dial finds it);
-        # _open_call gives it its recorder and pipeline
-        call.session = CallSession(call.call_id, None, self._publish)
+        # the media is being opened as soon as the call is tracked (an early Dial waits for it)
+        call.media_open = self._spawn(self._open_media(call))
         self.calls[call.call_id] = call
         leg = self.tapper.new_leg("customer", channel.id)
         call.legs["customer"] = leg         # reserved at once: a resync must not tap it twice
@@ -339,14 +349,19 @@ class AriApp:
         return next((c for c in self.calls.values() if c.agent_id == channel_id), None)
 
     # -- a call's life -------------------------------------------------------------------------------
+    async def _open_media(self, call: Call, resume: ResumeInfo | None = None) -> OpenedCall | None:
+        """The call's session on its media host (CallStarted unless resumed); None if no
+        host could take it (the call goes on untapped, with a fault saying so)."""
+        try:
+            opened = await self.media.open_call(call.call_id, call.caller, call.started_at, resume)
+        except (OSError, RuntimeError) as exc:           # MediaError is a RuntimeError
+            log.error("call %s: media not opened: %s", call.call_id, exc)
+            self._publish(CallFault(call.call_id, f"call not tapped: its media could not be opened ({exc})"))
+            return None
+        call.recording = opened.recording
+        return opened
+
     async def _open_call(self, call: Call, leg: LegTap) -> None:
-        session = call.session
-        assert session is not None
-        session.recorder, recording_problem = self._open_recorder(call)   # first: CallStarted links it
-        session.start(caller=call.caller, source="ari")
-        if recording_problem:
-            self._publish(CallFault(call.call_id, recording_problem))
-        session.pipeline = self._open_pipeline(call)
         try:
             await self.ari.subscribe(f"channel:{call.customer_id}")
         except AriError as exc:   # without it we learn of the hangup from the snoop's end
@@ -369,30 +384,8 @@ class AriApp:
         except AriError as exc:
             log.warning("call %s: continue failed: %s", channel_id, exc)
 
-    def _open_pipeline(self, call: Call) -> SessionPipeline | None:
-        if self.pipeline_factory is None:
-            return None
-        try:
-            return self.pipeline_factory(call.call_id)
-        except Exception as exc:
-            log.exception("call %s: no speech pipeline", call.call_id)
-            self._publish(CallFault(call.call_id, f"speech pipeline not started: {exc}"))
-            return None
-
-    def _open_recorder(self, call: Call) -> tuple[CallRecorder | None, str | None]:
-        """Start the call's recording; returns it, or the problem if it could not be started."""
-        if not self.config.recording.enabled or self.recordings_dir is None:
-            return None, None
-        fmt = self.config.recording.format
-        path = self.recordings_dir / recording_name(call.call_id, fmt)
-        try:
-            return CallRecorder(path, 16000, fmt), None
-        except (OSError, ValueError) as exc:
-            log.error("call %s: not recording: %s", call.call_id, exc)
-            return None, f"recording not started: {exc}"
-
     def _start_leg(self, call: Call, leg: LegTap) -> asyncio.Task:
-        """Set the leg's tap up in a task; on success start its media pump and stall watch."""
+        """Set the leg's tap up in a task (its audio flows to the media host once bridged)."""
         async def setup() -> bool:
             try:
                 await self.tapper.open(call, leg)
@@ -408,11 +401,6 @@ class AriApp:
                     self._publish(CallFault(call.call_id, f"{leg.speaker} tap failed: {exc}"))
                 await self.tapper.close(call, leg)
                 return False
-            media = LegMedia(call, leg, self._publish)
-            for coro in (media.pump(), media.watch_stalls()):
-                task = self._spawn(coro)
-                leg.tasks.add(task)
-                task.add_done_callback(leg.tasks.discard)
             return True
         leg.setup = self._spawn_for(call, setup())
         return leg.setup
@@ -457,8 +445,7 @@ class AriApp:
             return
         call.agent_id, call.agent_endpoint = agent.id, agent.endpoint
         log.info("call %s: agent %s answered (%s)", call.call_id, agent.endpoint, agent.id)
-        if call.session is not None:
-            call.session.agent_joined(agent.endpoint)
+        self._media_request(call, self._announce_agent(call, agent.endpoint))
         self._spawn_for(call, self._subscribe_quietly(call, agent.id))
         self._retap(call, "agent", agent.id)
 
@@ -470,6 +457,13 @@ class AriApp:
             log.info("call %s: agent %s left", call.call_id, call.agent_endpoint)
             self.tapper.retire(call, leg)
             self._spawn_for(call, self.tapper.close(call, leg))
+
+    async def _announce_agent(self, call: Call, endpoint: str) -> None:
+        if await call.media_opened():
+            try:
+                await self.media.agent_joined(call.call_id, endpoint)
+            except (OSError, RuntimeError) as exc:
+                log.warning("call %s: agent %s not announced: %s", call.call_id, endpoint, exc)
 
     async def _subscribe_quietly(self, call: Call, channel_id: str) -> None:
         try:
@@ -494,13 +488,18 @@ class AriApp:
                 task.cancel()
             if others:
                 await asyncio.wait(others)
-            if call.session is not None:     # flushes, closes the recording, CallEnded
-                await call.session.end(duration=duration)
+            if call.media_requests:          # an agent announced before the end
+                await asyncio.wait(set(call.media_requests))
+            if await call.media_opened():    # flushes, closes the recording, CallEnded
+                try:
+                    await self.media.end_call(call.call_id, duration)
+                except (OSError, RuntimeError) as exc:
+                    log.error("call %s: media host did not end the call: %s", call.call_id, exc)
         finally:
             self.calls.pop(call.call_id, None)
             call.ended.set()
 
-    # -- calls of the previous run ---------------------------------------------------------------
+    # -- calls of the previous run, calls whose media host was lost ------------------------------
     def _resume_call(self, interrupted: InterruptedCall, customer: Channel,
                      channels: dict[str, Channel], bridges: dict[str, Bridge]) -> None:
         """Tap a call the previous run was tapping again, on its original timeline."""
@@ -515,26 +514,26 @@ class AriApp:
         call.legs["customer"] = leg          # reserved at once: the sweep must not take it
         log.warning("call %s: still up after callassist restarted (%.1f s into the call); "
                     "tapping it again", call.call_id, elapsed)
-        # the session first, so that no leg's first frame can come before it; no CallStarted:
-        # the previous run announced the call
-        recorder, heard_until, recording_note = self._continue_recording(call, interrupted)
-        if heard_until is None and interrupted.last_event_at is not None:
-            heard_until = max(0.0, interrupted.last_event_at - interrupted.started_at)
-        call.session = CallSession(call.call_id, self._open_pipeline(call), self._publish, recorder)
-        self._spawn_for(call, self._reopen_call(call, leg, customer.in_stasis_app(self.app_name),
-                                                heard_until, recording_note))
+        # the media first (no leg's frame can come before it); no CallStarted: the previous
+        # run announced the call
+        heard_until = (max(0.0, interrupted.last_event_at - interrupted.started_at)
+                       if interrupted.last_event_at is not None else None)
+        call.media_open = self._spawn(self._open_media(call, ResumeInfo(
+            call.utterance_base, call.started_at, interrupted.recording, heard_until)))
+        self._spawn_for(call, self._reopen_call(call, leg, customer.in_stasis_app(self.app_name)))
         if (agent := self._find_agent(call, channels, bridges)) is not None:
             self._agent_answered(call, agent)
 
-    async def _reopen_call(self, call: Call, leg: LegTap, in_stasis: bool, heard_until: float | None,
-                           recording_note: str) -> None:
+    async def _reopen_call(self, call: Call, leg: LegTap, in_stasis: bool) -> None:
         loop = asyncio.get_running_loop()
         tap = self._start_leg(call, leg)
         resumed_at = call.elapsed(loop.time())
+        opened = await call.opened()
+        heard_until = opened.heard_until if opened is not None else None
         since = f"from {heard_until:.1f} s " if heard_until is not None else ""
         self._publish(CallFault(call.call_id, f"callassist restarted during the call: not heard "
                                 f"{since}to {resumed_at:.1f} s of the call; tapped again"
-                                f"{recording_note}"))
+                                f"{opened.recording_note if opened is not None else ''}"))
         try:
             await self.ari.subscribe(f"channel:{call.customer_id}")
         except AriError as exc:
@@ -544,40 +543,39 @@ class AriApp:
             if not call.closing:
                 await self._continue(call.customer_id)
 
-    def _continue_recording(self, call: Call, interrupted: InterruptedCall
-                            ) -> tuple[CallRecorder | None, float | None, str]:
-        """Reopen the call's recording to write on (silence fills the gap). Returns the
-        recorder, the seconds it already held (None if unknown) and a note for the call's fault."""
-        if not self.config.recording.enabled or self.recordings_dir is None:
-            return None, None, ""
-        path = interrupted.recording
-        if path is None:
-            for fmt in ("wav", "flac"):
-                candidate = self.recordings_dir / recording_name(call.call_id, fmt)
-                if candidate.exists() or partial_path(candidate).exists():
-                    path = candidate
-                    break
-        if path is not None:
-            fmt = "flac" if path.suffix.lower() == ".flac" else "wav"
-            try:
-                recorder = CallRecorder.resume(path, 16000, fmt)
-                return recorder, recorder.duration, ""
-            except (OSError, ValueError) as exc:
-                log.error("call %s: cannot continue recording %s: %s", call.call_id, path, exc)
-                problem = f"; recording {path.name} could not be continued ({exc})"
-        else:
-            problem = "; its recording was not found"
-        fmt = self.config.recording.format
-        for part in range(2, 100):
-            target = self.recordings_dir / recording_name(f"{call.call_id}.part{part}", fmt)
-            if not target.exists() and not partial_path(target).exists():
-                break
-        try:
-            recorder = CallRecorder(target, 16000, fmt)
-        except (OSError, ValueError) as exc:
-            log.error("call %s: not recording: %s", call.call_id, exc)
-            return None, None, f"{problem}; not recording: {exc}"
-        return recorder, None, f"{problem}; the rest is recorded in {target.name}"
+    async def move_call(self, call_id: str, reason: str) -> None:
+        """The call's media host is lost (`reason`, e.g. "识别节点 X 失联", the fault's first
+        clause): open the call again on the media host (which picks a live one), the
+        recording continued and utterances numbered past the earlier ones, tap every leg
+        again, and put the seconds not heard into the call's record."""
+        call = self.calls.get(call_id)
+        if call is None or call.closing:
+            return
+        if call.media_open is not None:
+            await asyncio.wait({call.media_open})      # an opening in flight ends first
+            if call.closing:
+                return
+        loop = asyncio.get_running_loop()
+        call.utterance_base = MOVE_BASE * (call.utterance_base // MOVE_BASE + 1)
+        resume = ResumeInfo(call.utterance_base, call.started_at,
+                            Path(call.recording) if call.recording else None)
+        log.warning("call %s: %s; moving its media", call_id, reason)
+        call.media_open = self._spawn(self._open_media(call, resume))
+        for speaker, leg in list(call.legs.items()):   # the new legs wait for the new opening
+            self._retap(call, speaker, leg.channel_id)
+        setups = {leg.setup for leg in call.legs.values() if leg.setup is not None}
+        opened = await call.opened()
+        if setups:                                     # heard again from when they are bridged
+            await asyncio.wait(setups, timeout=CONTINUE_DEADLINE)
+        moved_at = call.elapsed(max((leg.ready_at for leg in call.legs.values() if leg.ready_at is not None),
+                                    default=loop.time()))
+        if opened is None:
+            self._publish(CallFault(call_id, f"{reason}：自第 {moved_at:.1f} 秒起未收听；未能转至其他节点"))
+            return
+        host = self.media.host_of(call_id)
+        gap = (f"第 {opened.heard_until:.1f}–{moved_at:.1f} 秒未收听" if opened.heard_until is not None
+               else f"第 {moved_at:.1f} 秒前有一段未收听")
+        self._publish(CallFault(call_id, f"{reason}：{gap}；已转至节点 {host}{opened.recording_note}"))
 
     # -- resynchronisation and sweep -------------------------------------------------------------
     async def resync(self, reason: str = "manual") -> ResyncReport:
@@ -603,8 +601,8 @@ class AriApp:
                 ("customer", call.customer_id), ("agent", call.agent_id))
             for speaker, channel_id in leg_channels:
                 leg = call.legs.get(speaker)
-                if channel_id is None or (leg is not None and (not leg.ready or
-                                                               Tapper.intact(leg, channels, bridges))):
+                if channel_id is None or call.media_failed or (
+                        leg is not None and (not leg.ready or Tapper.intact(leg, channels, bridges))):
                     continue
                 state = "missing" if leg is None else "broken"
                 log.warning("call %s: %s tap %s; tapping again", call.call_id, speaker, state)
@@ -709,6 +707,13 @@ class AriApp:
         task = self._spawn(coro)
         call.tasks.add(task)
         task.add_done_callback(call.tasks.discard)
+        return task
+
+    def _media_request(self, call: Call, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """A request to the call's media host that the call's end waits for (not cancels)."""
+        task = self._spawn(coro)
+        call.media_requests.add(task)
+        task.add_done_callback(call.media_requests.discard)
         return task
 
     def _task_done(self, task: asyncio.Task) -> None:

@@ -1,24 +1,27 @@
-"""Per-call state, and tapping one leg of a call: snoop -> bridge -> externalMedia -> RTP.
+"""Per-call state on the telephony side, and tapping one leg of a call: snoop -> bridge ->
+externalMedia -> RTP to the call's media host (ari_app.media).
 
 A leg's tap (facts: ../shared/domain/asterisk.md):
 
+    media.open_leg(call, speaker, leg_id) -> HOST:PORT   where the leg's RTP is to go
     POST /channels/{leg}/snoop/{snoop_id}?spy=in       the leg's own voice, enters our app
     POST /channels/externalMedia?channelId={em_id}&format=slin16&external_host=HOST:PORT
     POST /bridges/{bridge_id}?type=mixing
     ... wait for both new channels' StasisStart (addChannel before it answers 422) ...
     POST /bridges/{bridge_id}/addChannel?channel={snoop_id}    one channel per request
     POST /bridges/{bridge_id}/addChannel?channel={em_id}
+    media.leg_ready(call, leg_id)                      its audio goes to the call
 
 Every id is chosen before its request is sent and recorded on the leg, so a teardown
 that runs at any point (the leg hung up mid-setup) deletes exactly what exists; the
 teardown first lets the setup's in-flight request finish, so nothing is created after
 it was deleted. Asterisk removes a hung-up channel's snoops itself, but leaves the
-externalMedia channel and the bridge: those we always delete (404 is fine).
+externalMedia channel and the bridge: those we always delete (404 is fine). The media
+host closes the leg's RTP (media.close_leg) before they are deleted.
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -26,18 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ari_app.client import AriClient, AriError, AriNotFound
+from ari_app.media import MediaHost, OpenedCall, UtteranceShift
 from ari_app.models import Bridge, Channel, OwnIds
-from ari_app.ports import PortPool
-from ari_app.rtp import RtpStream
-from callassist.events import CallEvent, CallFault, CardFired, Speaker, TranscriptUpdate
-from callassist.session import CallSession
+from callassist.events import CallEvent, Speaker
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
+__all__ = ["Call", "InterruptedCall", "LegTap", "StasisWaiter", "TapAborted", "TapFailed", "Tapper",
+           "UtteranceShift"]
+
 STASIS_START_WAIT = 2.0          # normally 1-8 ms; past this, try addChannel anyway
 ADD_CHANNEL_RETRIES = 20         # on 422 "Channel not in Stasis application", 50 ms apart
-DRAIN_TIMEOUT = 1.0              # a closing leg's queued frames get this long to be consumed
 
 
 class TapAborted(Exception):
@@ -56,22 +58,24 @@ class LegTap:
     snoop_id: str
     em_id: str
     bridge_id: str
-    stream: RtpStream | None = None
+    rtp: tuple[str, int] | None = None   # where the media host takes its RTP
+    on_host: bool = False            # asked the media host for a port: close_leg at teardown
     ready: bool = False              # bridged: audio can flow
     ready_at: float | None = None    # loop time it became ready
     closed: bool = False
     suspect: bool = False            # one of its channels ended: being checked
-    offset: float | None = None      # call-timeline seconds of its first frame
-    next_sample: int = 0             # call-timeline sample of the next frame
-    frames: int = 0
-    stalls_seen: int = 0
     setup: asyncio.Task | None = None
     teardown: asyncio.Future | None = None
-    tasks: set[asyncio.Task] = field(default_factory=set)   # media pump, stall watcher
 
     @property
     def object_ids(self) -> tuple[str, str, str]:
         return (self.snoop_id, self.em_id, self.bridge_id)
+
+    @property
+    def media_id(self) -> str:
+        """The leg's name on the media host: its externalMedia channel's id (a re-tapped
+        leg is a new leg, with a new one)."""
+        return self.em_id
 
 
 @dataclass(frozen=True)
@@ -86,24 +90,6 @@ class InterruptedCall:
     next_utterance: int = 0          # utterance numbers up to this one are taken
 
 
-class UtteranceShift:
-    """Publishes a resumed call's pipeline events with utterance numbers moved past the
-    previous run's: the store keys transcript lines by (call, speaker, utterance), so a
-    new pipeline counting from 0 again would overwrite the lines from before the crash."""
-
-    def __init__(self, publish: Callable[[CallEvent], None], base: int) -> None:
-        self.publish = publish
-        self.base = base
-
-    def __call__(self, event: CallEvent) -> None:
-        if isinstance(event, TranscriptUpdate):
-            event = dataclasses.replace(event, utterance=event.utterance + self.base)
-        elif isinstance(event, CardFired):
-            event = dataclasses.replace(event, card=dataclasses.replace(
-                event.card, utterance=event.card.utterance + self.base))
-        self.publish(event)
-
-
 @dataclass
 class Call:
     call_id: str
@@ -111,8 +97,12 @@ class Call:
     caller: str
     started: float                   # loop time of the customer's StasisStart: t=0 of the call
     started_at: float = field(default_factory=time.time)
-    utterance_base: int = 0          # > 0: resumed after a restart (see UtteranceShift)
-    session: CallSession | None = None   # recording, recognition, CallStarted/AgentJoined/CallEnded
+    utterance_base: int = 0          # > 0: resumed after a restart or a move (see UtteranceShift)
+    # the call's media (recording, recognition, CallStarted/AgentJoined/CallEnded) being
+    # opened on its media host; None: not asked yet
+    media_open: asyncio.Task[OpenedCall | None] | None = None
+    recording: str | None = None     # the file the media host records the call into
+    media_requests: set[asyncio.Task] = field(default_factory=set)   # to finish before end_call
     legs: dict[Speaker, LegTap] = field(default_factory=dict)
     retiring: list[LegTap] = field(default_factory=list)   # being torn down
     agent_id: str | None = None
@@ -137,6 +127,25 @@ class Call:
 
     def elapsed(self, now: float) -> float:
         return now - self.started
+
+    async def opened(self) -> OpenedCall | None:
+        """Wait until the call's media is open on its host; None if it could not be."""
+        opening = self.media_open
+        if opening is None:
+            return None
+        # asyncio.wait: a waiter cancelled meanwhile does not cancel the call's opening
+        await asyncio.wait({opening})
+        return None if opening.cancelled() or opening.exception() is not None else opening.result()
+
+    async def media_opened(self) -> bool:
+        return await self.opened() is not None
+
+    @property
+    def media_failed(self) -> bool:
+        """The call's media could not be opened (no tap can carry its audio anywhere)."""
+        opening = self.media_open
+        return (opening is not None and opening.done() and
+                (opening.cancelled() or opening.exception() is not None or opening.result() is None))
 
 
 class StasisWaiter:
@@ -165,31 +174,35 @@ class StasisWaiter:
 class Tapper:
     """Sets up and tears down leg taps against one Asterisk."""
 
-    def __init__(self, ari: AriClient, ids: OwnIds, ports: PortPool, waiter: StasisWaiter,
-                 advertise_host: str, publish: Callable[[CallEvent], None]) -> None:
+    def __init__(self, ari: AriClient, ids: OwnIds, media: MediaHost, waiter: StasisWaiter,
+                 publish: Callable[[CallEvent], None]) -> None:
         self.ari = ari
         self.ids = ids
-        self.ports = ports
+        self.media = media
         self.waiter = waiter
-        self.advertise_host = advertise_host
         self.publish = publish
 
     def new_leg(self, speaker: Speaker, channel_id: str) -> LegTap:
         return LegTap(speaker, channel_id, self.ids.new("snoop"), self.ids.new("em"), self.ids.new("br"))
 
     async def open(self, call: Call, leg: LegTap) -> None:
-        """Create the leg's objects and bridge them; raises TapAborted or TapFailed.
-        The leg must already be in call.legs (so its ids are reserved from the sweep)."""
+        """Create the leg's objects and bridge them, its RTP going to the call's media host;
+        raises TapAborted or TapFailed. The leg must already be in call.legs (so its ids are
+        reserved from the sweep)."""
         loop = asyncio.get_running_loop()
         began = loop.time()
         snoop_started = self.waiter.expect(leg.snoop_id)
         em_started = self.waiter.expect(leg.em_id)
+        if not await call.media_opened():
+            raise TapFailed("the call's media could not be opened")
+        self._check(leg)
+        leg.on_host = True
         try:
-            leg.stream = await self.ports.open_stream(name=f"{call.call_id}/{leg.speaker}")
-        except (OSError, RuntimeError) as exc:
+            leg.rtp = await self.media.open_leg(call.call_id, leg.speaker, leg.media_id)
+        except (OSError, RuntimeError) as exc:       # MediaError is a RuntimeError
             raise TapFailed(f"no RTP port: {exc}") from None
         self._check(leg)
-        external_host = f"{self.advertise_host}:{leg.stream.port}"
+        external_host = "%s:%d" % leg.rtp
         # Independent requests, sent together; all of them finish before we look.
         snoop, em, bridge = await asyncio.gather(
             self.ari.snoop(leg.channel_id, snoop_id=leg.snoop_id, spy="in",
@@ -204,7 +217,7 @@ class Tapper:
             if isinstance(result, BaseException):
                 raise TapFailed(str(result)) from result
         assert isinstance(em, Channel)
-        self._restrict_source(leg, em)
+        await self._restrict_source(call, leg, em)
         self._check(leg)
         done, _ = await asyncio.wait({snoop_started, em_started}, timeout=STASIS_START_WAIT)
         self._check(leg)
@@ -213,17 +226,26 @@ class Tapper:
                         call.call_id, leg.speaker, STASIS_START_WAIT)
         await self._add(leg, leg.snoop_id)
         await self._add(leg, leg.em_id)
+        try:
+            await self.media.leg_ready(call.call_id, leg.media_id)
+        except (OSError, RuntimeError) as exc:
+            raise TapFailed(f"media host did not take the leg: {exc}") from None
         leg.ready = True
         leg.ready_at = loop.time()
-        log.info("call %s: %s leg tapped in %.0f ms (snoop %s, RTP port %d)", call.call_id,
-                 leg.speaker, 1000 * (loop.time() - began), leg.snoop_id, leg.stream.port)
+        log.info("call %s: %s leg tapped in %.0f ms (snoop %s, RTP to %s:%d on %s)", call.call_id,
+                 leg.speaker, 1000 * (loop.time() - began), leg.snoop_id, *leg.rtp,
+                 self.media.host_of(call.call_id))
 
-    def _restrict_source(self, leg: LegTap, em: Channel) -> None:
-        """Take RTP only from the address Asterisk says it sends from."""
+    async def _restrict_source(self, call: Call, leg: LegTap, em: Channel) -> None:
+        """Have the media host take RTP only from the address Asterisk says it sends from."""
         host = em.channelvars.get("UNICASTRTP_LOCAL_ADDRESS", "")
         port = em.channelvars.get("UNICASTRTP_LOCAL_PORT", "")
-        if leg.stream is not None and host and host not in ("0.0.0.0", "::"):
-            leg.stream.restrict_source(host, int(port) if port.isdigit() else None)
+        if host and host not in ("0.0.0.0", "::"):
+            try:
+                await self.media.leg_source(call.call_id, leg.media_id, host,
+                                            int(port) if port.isdigit() else None)
+            except (OSError, RuntimeError) as exc:
+                raise TapFailed(f"media host did not take the leg's source: {exc}") from None
 
     @staticmethod
     def _check(leg: LegTap) -> None:
@@ -272,16 +294,12 @@ class Tapper:
             if setup is not None and not setup.done():
                 # Let an in-flight request finish: what it creates must be deleted below.
                 await asyncio.wait({setup})
-            if leg.stream is not None:
-                leg.stream.close()           # the pump drains what is queued, then ends
-            if leg.tasks:
-                _, late = await asyncio.wait(set(leg.tasks), timeout=DRAIN_TIMEOUT)
-                for task in late:
-                    task.cancel()
-                if late:
-                    await asyncio.wait(late)
-            if leg.stream is not None:
-                await leg.stream.aclose()    # the port is free again
+            if leg.on_host:                  # its queued audio is taken, its port freed
+                try:
+                    await self.media.close_leg(call.call_id, leg.media_id)
+                except (OSError, RuntimeError) as exc:
+                    log.warning("call %s: media host did not close the %s leg: %s", call.call_id,
+                                leg.speaker, exc)
             targets = (leg.em_id, leg.bridge_id, leg.snoop_id)
             results = await asyncio.gather(self.ari.hangup(leg.em_id), self.ari.destroy_bridge(leg.bridge_id),
                                            self.ari.hangup(leg.snoop_id), return_exceptions=True)
@@ -302,45 +320,3 @@ class Tapper:
         return (leg.snoop_id in channels and leg.em_id in channels and bridge is not None
                 and {leg.snoop_id, leg.em_id} <= set(bridge.channels))
 
-
-class LegMedia:
-    """Moves one leg's frames to the call's session at their place on the call's clock
-    (which only the telephony side knows: stalls, re-taps), and reports RTP stalling."""
-
-    def __init__(self, call: Call, leg: LegTap, publish: Callable[[CallEvent], None]) -> None:
-        self.call = call
-        self.leg = leg
-        self.publish = publish
-
-    async def pump(self) -> None:
-        call, leg = self.call, self.leg
-        assert leg.stream is not None
-        loop = asyncio.get_running_loop()
-        async for pcm in leg.stream.frames():
-            now_sample = round(call.elapsed(loop.time()) * RATE) - len(pcm) // 2
-            if leg.offset is None:
-                leg.offset = max(now_sample, 0) / RATE
-                leg.next_sample = max(now_sample, 0)
-            elif leg.stream.stats.stalls > leg.stalls_seen and now_sample > leg.next_sample:
-                # after a stall the sender's clock ran on without us: skip the gap
-                leg.next_sample = now_sample
-            leg.stalls_seen = leg.stream.stats.stalls
-            at = leg.next_sample
-            leg.next_sample += len(pcm) // 2
-            leg.frames += 1
-            if call.session is not None:
-                call.session.place(leg.speaker, pcm, at)
-
-    async def watch_stalls(self) -> None:
-        stream = self.leg.stream
-        assert stream is not None
-        while True:
-            if not await stream.wait_stalled():
-                return
-            problem = (f"{self.leg.speaker} audio stalled: no RTP for {stream.stall_timeout:g} s "
-                       f"on port {stream.port}")
-            log.warning("call %s: %s", self.call.call_id, problem)
-            self.publish(CallFault(self.call.call_id, problem))
-            if not await stream.wait_flowing():
-                return
-            log.info("call %s: %s audio flowing again", self.call.call_id, self.leg.speaker)

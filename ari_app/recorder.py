@@ -119,6 +119,14 @@ class CallRecorder:
             self._file.flush()
             self._unflushed = 0
 
+    def suspend(self) -> None:
+        """Stop writing without finalising (no padding of the shorter leg, no FLAC encode), as
+        a crash leaves the file: resume() continues it (a call moved to another worker)."""
+        self.flush()
+        writer, self._file = self._file, None
+        if writer is not None:
+            writer.close()
+
     def close(self) -> float:
         """Pad the shorter leg, finalise the file (encode FLAC) and return the duration in
         seconds. Idempotent. Encoding a long call's FLAC takes a while: see aclose()."""

@@ -229,7 +229,7 @@ async def bench_load(peer: PeerProcess, engine_name: str, counts: list[int], sec
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
-        legs = [leg for c in h.app.calls.values() for leg in c.legs.values()]
+        legs = [leg for c in h.app.media.calls.values() for leg in c.legs.values()]
         frames0 = {id(leg): leg.frames for leg in legs}
         me.cpu_percent(), child.cpu_percent()
         sent0 = (await peer.ask(cmd="stats"))["rtp_packets_sent"]
@@ -240,7 +240,7 @@ async def bench_load(peer: PeerProcess, engine_name: str, counts: list[int], sec
         app_cpu, peer_cpu = me.cpu_percent(), child.cpu_percent()
         rss_per_call = (me.memory_info().rss - rss_before) / n / 2**20
         rates = [(leg.frames - frames0[id(leg)]) / elapsed for leg in legs]
-        stats = [leg.stream.stats for leg in legs if leg.stream is not None]
+        stats = [leg.stream.stats for leg in legs]
         taps = [1000 * (leg.ready_at - c.started) for c in h.app.calls.values()
                 for leg in c.legs.values() if leg.speaker == "customer" and leg.ready_at]
         await peer.ask(cmd="hangup_all")

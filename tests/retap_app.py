@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ari_app.app import AriApp
+from ari_app.calls import LegTap
+from ari_app.media import LocalMediaHost
 from asr.fake import ScriptedEngine, ScriptedUtterance
 from callassist.bus import EventBus
 from callassist.config import load_config
@@ -25,3 +27,10 @@ def make_app(url: str, recordings_dir: Path, bus: EventBus, fmt: str, ports: int
              for speaker in ("customer", "agent")}
     return AriApp.from_config(config, bus, ScriptedEngine(lines, endpoint_delay=0.2),
                               Matcher(load_playbook()), recordings_dir, **kwargs)
+
+
+def frames(app: AriApp, call_id: str, leg: LegTap) -> int:
+    """Frames the app's media host (in this process) took from the leg."""
+    assert isinstance(app.media, LocalMediaHost)
+    media = app.media.leg(call_id, leg.media_id)
+    return media.frames if media is not None else 0

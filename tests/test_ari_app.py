@@ -14,7 +14,9 @@ import pytest
 import soundfile as sf
 
 from ari_app.app import AriApp
+from ari_app.calls import LegTap
 from ari_app.client import AriClient
+from ari_app.media import LocalMediaHost
 from ari_peer import AriPeer, load_audio
 from asr.fake import ScriptedEngine, ScriptedUtterance
 from callassist.bus import EventBus
@@ -69,6 +71,8 @@ class Harness:
                           lambda call_id: CallPipeline(call_id, self.engine, matcher, self.bus.publish,
                                                        skip_silence=False),
                           recordings)
+        assert isinstance(self.app.media, LocalMediaHost)
+        self.media: LocalMediaHost = self.app.media
         self._collector: asyncio.Task | None = None
 
     async def start(self) -> "Harness":
@@ -109,15 +113,22 @@ class Harness:
             assert asyncio.get_running_loop().time() < deadline, "condition not reached"
             await asyncio.sleep(0.02)
 
+    def frames(self, call_id: str, leg: LegTap) -> int:
+        """Frames the media host took from the leg."""
+        media = self.media.leg(call_id, leg.media_id)
+        return media.frames if media is not None else 0
+
     async def wait_tapped(self, call_id: str, legs: int = 2) -> None:
         await self.wait_until(lambda: call_id in self.app.calls and sum(
-            1 for leg in self.app.calls[call_id].legs.values() if leg.ready and leg.frames > 5) >= legs)
+            1 for leg in self.app.calls[call_id].legs.values()
+            if leg.ready and self.frames(call_id, leg) > 5) >= legs)
 
     def assert_nothing_left(self) -> None:
         assert self.peer.our_objects() == ([], []), "channels/bridges of ours left in Asterisk"
         assert not self.app.calls
         assert self.app.open_tasks == 0, "tasks left running"
-        assert self.app.ports.in_use == 0, "RTP sockets left open"
+        assert not self.media.calls, "media left open"
+        assert self.media.ports.in_use == 0, "RTP sockets left open"
 
 
 @pytest.fixture
@@ -206,7 +217,7 @@ async def test_events_websocket_drop_mid_call_reconnects_and_the_call_goes_on(pe
     call = peer.start_call(CUSTOMER_WAV, AGENT_WAV, answer_after=0.2)
     call_id = call.customer.id
     await h.wait_tapped(call_id)
-    frames_before = {s: leg.frames for s, leg in h.app.calls[call_id].legs.items()}
+    frames_before = {s: h.frames(call_id, leg) for s, leg in h.app.calls[call_id].legs.items()}
     await peer.drop_websocket()
     await h.wait_until(lambda: peer.websocket_connects == 2 and h.app.ready)
     assert h.app.disconnects == 1
@@ -215,7 +226,7 @@ async def test_events_websocket_drop_mid_call_reconnects_and_the_call_goes_on(pe
     assert (report.closed, report.retapped, report.swept_channels) == (0, 0, 0)
     await asyncio.sleep(0.3)
     legs = h.app.calls[call_id].legs
-    assert all(legs[s].frames > frames_before[s] for s in ("customer", "agent")), "audio kept flowing"
+    assert all(h.frames(call_id, legs[s]) > frames_before[s] for s in ("customer", "agent")), "audio kept flowing"
     await peer.hangup(call)
     await h.wait_for(CallEnded)
     await asyncio.sleep(0.05)
@@ -482,21 +493,21 @@ class _RecordingPipeline:
 
 
 async def test_a_later_leg_of_the_same_speaker_keeps_the_pipeline_on_the_call_clock():
-    from ari_app.calls import Call, LegMedia, LegTap
+    from ari_app.media import LegMedia, MediaCall, MediaLeg
     from callassist.session import CallSession
 
     loop = asyncio.get_running_loop()
     pipeline = _RecordingPipeline()
-    call = Call("c1", "c1", "", started=loop.time() - 2.0,                       # 2 s into the call
-                session=CallSession("c1", pipeline, lambda e: None))  # type: ignore[arg-type]
+    call = MediaCall("c1", started=loop.time() - 2.0,                            # 2 s into the call
+                     session=CallSession("c1", pipeline, lambda e: None))  # type: ignore[arg-type]
     frame = np.full(320, 1000, np.int16).tobytes()
-    first = LegTap("agent", "a1", "s1", "e1", "b1", stream=_FakeStream([frame] * 10))  # type: ignore[arg-type]
+    first = MediaLeg("e1", "agent", stream=_FakeStream([frame] * 10))  # type: ignore[arg-type]
     await LegMedia(call, first, lambda e: None).pump()
     assert pipeline.starts["agent"] == pytest.approx(2.0 - 0.02, abs=0.05)
     assert len(pipeline.fed["agent"]) == 10 * 640
 
     call.started -= 3.0                  # the first agent left; a second one answers 3 s later
-    second = LegTap("agent", "a2", "s2", "e2", "b2", stream=_FakeStream([frame] * 5))  # type: ignore[arg-type]
+    second = MediaLeg("e2", "agent", stream=_FakeStream([frame] * 5))  # type: ignore[arg-type]
     await LegMedia(call, second, lambda e: None).pump()
     fed = np.frombuffer(bytes(pipeline.fed["agent"]), np.int16)
     assert pipeline.starts["agent"] == pytest.approx(1.98, abs=0.05)     # placed once only
@@ -526,7 +537,7 @@ async def test_a_live_call_is_one_call_session_with_one_call_ended(peer, harness
     call = peer.start_call(CUSTOMER_WAV, AGENT_WAV, answer_after=0.2)
     call_id = call.customer.id
     await h.wait_tapped(call_id)
-    session = h.app.calls[call_id].session
+    session = h.media.calls[call_id].session
     assert isinstance(session, CallSession)
     started = await h.wait_for(CallStarted)
     assert session.recorder is not None and started.recording == str(session.recorder.path)

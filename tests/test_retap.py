@@ -31,7 +31,7 @@ from callassist.bus import EventBus
 from callassist.events import CallFault
 from callassist.recovery import StartupRecovery
 from ari_peer import AriPeer, load_audio
-from retap_app import make_app
+from retap_app import frames, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "audio" / "mandarin-samples" / "01_aishell1_BAC009S0764W0121.wav"
@@ -264,7 +264,8 @@ async def test_tap_broken_while_disconnected_is_made_again_at_reconnect_with_the
             call_id = call.customer.id
             path = recordings / f"{call_id}.wav"
             await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
-                leg.ready and leg.frames > 5 for leg in app.calls[call_id].legs.values()), what="tapped")
+                leg.ready and frames(app, call_id, leg) > 5 for leg in app.calls[call_id].legs.values()),
+                what="tapped")
             await wait_until(lambda: recorded_seconds(path) >= 2.0, what="2 s recorded")
             old = app.calls[call_id].legs["customer"]
             peer.refuse_websocket = True
@@ -278,7 +279,7 @@ async def test_tap_broken_while_disconnected_is_made_again_at_reconnect_with_the
             assert not [e for e in events if isinstance(e, CallFault)]
             peer.refuse_websocket = False
             await wait_until(lambda: app.calls[call_id].legs["customer"] is not old and
-                             app.calls[call_id].legs["customer"].frames > 5, what="tapped again")
+                             frames(app, call_id, app.calls[call_id].legs["customer"]) > 5, what="tapped again")
             back_at = app.calls[call_id].elapsed(asyncio.get_running_loop().time())
             faults = [e for e in events if isinstance(e, CallFault)]
             assert faults, "the gap is not in the call's record"
@@ -496,7 +497,7 @@ async def test_call_on_real_asterisk_is_tapped_again_after_a_crash(asterisk, tmp
                     assert await recovery.close_out_after_resume(app) == 0
                     assert app.resumed == {call_id}
                     await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
-                        leg.ready and leg.frames > 5 for leg in app.calls[call_id].legs.values()),
+                        leg.ready and frames(app, call_id, leg) > 5 for leg in app.calls[call_id].legs.values()),
                         timeout=20, what="both parties tapped again")
                     back = time.monotonic()
                     assert not left_by_the_crash & await our_objects(network), "the dead run's taps swept"

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="play the demo call once (default: replay it)")
     for command in (serve, demo):
         command.add_argument("--port", type=int, help="web port (default: [web] port, $CALLASSIST_WEB_PORT)")
+    serve.add_argument("--role", help="on several machines: ari, worker, web or a comma list of them "
+                       "(default: [cluster] role, $CALLASSIST_CLUSTER_ROLE; \"all\" runs everything in one "
+                       "process); docs/deployment.md")
 
     user = sub.add_parser("user", help="web users").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user (asks for the password, or reads $CALLASSIST_PASSWORD)")

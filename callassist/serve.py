@@ -16,7 +16,9 @@ import secrets
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -80,6 +82,21 @@ def _demo_logins(store, data_dir: Path) -> list[tuple[str, str, str]]:
     return logins
 
 
+def post_call_engine(config: Config, engine: Any) -> tuple[Callable[[], Any] | None, bool]:
+    """The post-call pass's engine factory (None: no re-transcription) and whether the pass
+    owns (closes) what it makes. The live engine's own exact pass is worth running when its
+    live decodes are cut for speed (Whisper); sharing it, the post-call work waits for the
+    live calls (asr.scheduler BATCH)."""
+    from asr import create_engine
+    post_engine = config.asr.post_call_engine
+    shared = post_engine == engine.name
+    if not post_engine or (shared and engine.live_is_exact):
+        return None, not shared
+    if shared:
+        return (lambda: engine), False
+    return (lambda: create_engine(config, name=post_engine)), True
+
+
 async def run_services(config: Config, *, demo: bool, once: bool = False) -> None:
     from agent_ui.app import create_app
     from agent_ui.limits import make_runner
@@ -98,6 +115,17 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     # Absolute, so recording paths stored in the archive stay valid from any directory.
     data_dir = config.data_dir.resolve() / ("demo" if demo else "")
     config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, data_dir=str(data_dir)))
+    if config.cluster.distributed and not demo:       # one node of several (callassist.roles)
+        from callassist.roles import run_node
+        print(f"callassist: data directory {data_dir} (recordings; {DATA_DIR_SETTING})", flush=True)
+        try:
+            await run_node(config, stop, ssl_context=_ssl_context(config),
+                           on_listening=lambda line: print(line, flush=True))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                raise WebPortError(_port_problem(config, exc)) from None
+            raise
+        return
     store = open_store(config)
     where = f"the demo's own, inside {DATA_DIR_SETTING}" if demo else DATA_DIR_SETTING
     print(f"callassist: data directory {data_dir} ({where})", flush=True)
@@ -128,15 +156,9 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     print(f"callassist: web app on {scheme}://{config.web.host}:{config.web.port}/", flush=True)
 
     tasks: list[asyncio.Task] = [asyncio.create_task(_purge_daily(store, config), name="retention")]
-    post_engine = config.asr.post_call_engine
-    from asr import create_engine
     from callassist.postcall import PostCallPass
-    # The live engine's own exact pass is worth running when its live decodes are cut for speed
-    # (Whisper); sharing it, the post-call work waits for the live calls (asr.scheduler BATCH).
-    shared = post_engine == engine.name
-    retranscribe = bool(post_engine) and (not shared or not engine.live_is_exact)
-    factory = (lambda: engine) if shared else (lambda: create_engine(config, name=post_engine))
-    post_call = PostCallPass(factory if retranscribe else None, matcher, bus, owns_engine=not shared,
+    factory, owns_engine = post_call_engine(config, engine)
+    post_call = PostCallPass(factory, matcher, bus, owns_engine=owns_engine,
                              save_stats=store.analytics.save_stats, analytics=config.analytics)
     tasks.append(asyncio.create_task(post_call.run(), name="post-call"))
     ari = None
@@ -197,6 +219,18 @@ async def _purge_daily(store, config: Config) -> None:
         await asyncio.sleep(24 * 3600)
 
 
+def with_role(config: Config, role: str) -> Config:
+    """`serve --role`: the configuration with [cluster] role replaced, checked as the file's is."""
+    from callassist.config import ROLES, _roles
+    if problem := _roles(role):
+        raise ConfigError([f"--role: {problem}, got {role!r}"])
+    cluster = dataclasses.replace(config.cluster, role=role)
+    if cluster.roles != frozenset(ROLES[1:]) and not cluster.bus_url:
+        raise ConfigError([f"--role {role}: needs [cluster] bus_url (redis://host:6379/0): "
+                           f"the roles talk over the bus"])
+    return dataclasses.replace(config, cluster=cluster)
+
+
 def _main(args, *, demo: bool) -> int:
     from asr.engine import ModelNotFoundError
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -205,6 +239,8 @@ def _main(args, *, demo: bool) -> int:
         config = load_config(args.config)
         if getattr(args, "port", None) is not None:
             config = dataclasses.replace(config, web=dataclasses.replace(config.web, port=args.port))
+        if getattr(args, "role", None):
+            config = with_role(config, args.role)
         for warning in config.warnings:
             log.warning("%s", warning)
         asyncio.run(run_services(config, demo=demo, once=getattr(args, "once", False)))

@@ -112,3 +112,30 @@ def test_engine_vosk_without_a_vosk_model_fails_and_says_where_it_looked(tmp_pat
     auto = config_check(env={}, cwd=tmp_path)     # control: the default falls back and says so
     assert auto.returncode == 0, auto.stderr
     assert "engine: auto -> whisper (no Vosk Chinese model found)" in auto.stdout
+
+
+def test_cluster_roles_need_a_bus_and_urls_are_checked(tmp_path):
+    env = {"HOME": str(tmp_path)}
+    single = load_config(env=env)
+    assert single.cluster.roles == {"ari", "worker", "web"} and not single.cluster.distributed
+    node = load_config(env={**env, "CALLASSIST_CLUSTER_ROLE": "web, worker",
+                            "CALLASSIST_CLUSTER_BUS_URL": "redis://10.0.0.5:6379/0",
+                            "CALLASSIST_STORAGE_DATABASE_URL": "postgresql://ca@10.0.0.6/callassist"})
+    assert node.cluster.roles == {"web", "worker"} and node.cluster.distributed
+    for bad, expected in ((("CALLASSIST_CLUSTER_ROLE", "worker"),), "needs [cluster] bus_url"), \
+                         ((("CALLASSIST_CLUSTER_ROLE", "asr"),), "comma-separated list"), \
+                         ((("CALLASSIST_CLUSTER_BUS_URL", "nats://x:4222"),), "must start with redis://"), \
+                         ((("CALLASSIST_STORAGE_DATABASE_URL", "mysql://x/db"),), "must start with postgresql://"):
+        with pytest.raises(ConfigError) as caught:
+            load_config(env={**env, **dict(bad)})
+        assert expected in str(caught.value)
+
+
+def test_serve_role_flag_is_checked_like_the_file(tmp_path):
+    from callassist.serve import with_role
+    config = load_config(env={"HOME": str(tmp_path), "CALLASSIST_CLUSTER_BUS_URL": "redis://127.0.0.1:6379/0"})
+    assert with_role(config, "ari").cluster.roles == {"ari"}
+    with pytest.raises(ConfigError, match="comma-separated"):
+        with_role(config, "controller")
+    with pytest.raises(ConfigError, match="needs \\[cluster\\] bus_url"):
+        with_role(load_config(env={"HOME": str(tmp_path)}), "web")

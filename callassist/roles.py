@@ -1,0 +1,179 @@
+"""`callassist serve` on several machines: the roles of one node (docs/deployment.md).
+
+With [cluster] bus_url set, a process runs the roles in [cluster] role, talking to the
+others over Redis Streams (callassist.redis_bus) and sharing the store ([storage]
+database_url, PostgreSQL) and the recordings directory:
+
+    ari     ari_app.AriApp on the Asterisk in [ari]; each call's media on a worker
+            (ari_app.remote_media.RemoteMediaHost), moved to another when its worker dies
+    worker  RTP in, recognition, matching, recording (callassist.worker.WorkerService),
+            and, for its own calls, the post-call pass and the live call reading: they
+            follow the worker's calls on an in-process ForwardingBus whose events also go
+            to the cluster's bus
+    web     the web app; while it holds the store-writer lease, also the writer that
+            records the bus into the store (callassist.store_feed.StoreFeed). Screens follow
+            the store (every web node hears each commit: PostgreSQL LISTEN/NOTIFY), so any
+            node serves any agent and a reconnecting screen catches up by seq.
+
+Every role serves GET /healthz and /metrics on [web] host:port (the web role: with the app).
+Without bus_url, serve runs everything in one process (callassist.serve).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from callassist.config import Config
+
+log = logging.getLogger("callassist")
+
+
+def node_name(config: Config) -> str:
+    """This node's name on the bus: [cluster] node_id, else host name and process id."""
+    return config.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _health_app(config: Config, health: Any) -> web.Application:
+    """/healthz and /metrics for a node without the web role."""
+    from agent_ui.security import APP_CONFIG
+    from agent_ui.views import health as health_views
+    app = web.Application()
+    app[APP_CONFIG] = config
+    health_views.setup(app, health)
+    return app
+
+
+async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = None,
+                   on_listening: Callable[[str], None] = print) -> None:
+    """Run this node's roles until `stop` is set."""
+    from agent_ui.limits import make_runner
+    from agent_ui.store import open_store
+    from callassist.health import ServiceHealth
+    from callassist.redis_bus import RedisEventBus
+
+    roles = config.cluster.roles
+    node_id = node_name(config)
+    store = open_store(config)
+    bus = RedisEventBus(config.cluster.bus_url, node_id)
+    await bus.start()
+    tasks: list[asyncio.Task] = []
+    closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    engine = None
+    ari = None
+
+    def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_report_failure)
+        tasks.append(task)
+
+    try:
+        if "worker" in roles:
+            engine = await _start_worker(config, store, bus, node_id, spawn, closers)
+        health = ServiceHealth(store, engine, ari_url=config.ari.url if "ari" in roles else "")
+        if "web" in roles:
+            from agent_ui.app import create_app
+            from callassist.store_feed import StoreFeed
+            from prompts.playbook import load_playbook
+            app = create_app(config, store, None, load_playbook(), health)
+            spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
+        else:
+            app = _health_app(config, health)
+        runner = make_runner(app, access_log=None)
+        await runner.setup()
+        closers.append(runner.cleanup)
+        site = web.TCPSite(runner, config.web.host, config.web.port, ssl_context=ssl_context)
+        await site.start()
+        on_listening(f"callassist: node {node_id} ({', '.join(sorted(roles))}) on "
+                     f"{config.web.host}:{config.web.port}, bus {_safe_url(config.cluster.bus_url)}")
+        if "ari" in roles:
+            ari = await _start_controller(config, bus, node_id, closers)
+            health.ari = ari
+        await stop.wait()
+    finally:
+        if ari is not None:
+            await ari.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for close in reversed(closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s", getattr(close, "__qualname__", close))
+        await bus.close()
+        if engine is not None:
+            engine.close()
+        store.close()
+
+
+async def _start_worker(config: Config, store: Any, bus: Any, node_id: str,
+                        spawn: Callable[[Coroutine[Any, Any, Any], str], None],
+                        closers: list[Callable[[], Coroutine[Any, Any, None]]]) -> Any:
+    from agent_ui.live_reading import LiveReader
+    from callassist.bus import ForwardingBus
+    from callassist.postcall import PostCallPass
+    from callassist.serve import _live_engine, post_call_engine
+    from callassist.worker import WorkerService
+    from prompts.matcher import Matcher
+    from prompts.playbook import load_playbook
+
+    engine = _live_engine(config)
+    matcher = Matcher.from_config(load_playbook(), config.matcher)
+    local = ForwardingBus(bus.publish)
+    factory, owns_engine = post_call_engine(config, engine)
+    post_call = PostCallPass(factory, matcher, local, owns_engine=owns_engine,
+                             save_stats=store.analytics.save_stats, analytics=config.analytics)
+    spawn(post_call.run(), "post-call")
+    spawn(LiveReader(local.publish, store).run(local), "live-reading")
+    worker = WorkerService(config, local, engine, matcher, store.recordings_dir, config.cluster.bus_url, node_id)
+    await worker.start()
+    closers.append(worker.stop)
+    return engine
+
+
+async def _start_controller(config: Config, bus: Any, node_id: str,
+                            closers: list[Callable[[], Coroutine[Any, Any, None]]]) -> Any:
+    from redis.asyncio import Redis
+
+    from ari_app.app import AriApp
+    from ari_app.remote_media import RemoteMediaHost
+    from callassist.registry import WorkerRegistry
+
+    redis = Redis.from_url(config.cluster.bus_url)
+    registry = WorkerRegistry(redis, config.cluster.worker_timeout_s)
+    app: AriApp | None = None
+
+    async def worker_lost(call_ids: list[str], worker: str) -> None:
+        assert app is not None
+        await asyncio.gather(*(app.move_call(call_id, f"识别节点 {worker} 失联") for call_id in call_ids),
+                             return_exceptions=True)
+
+    media = RemoteMediaHost(config.cluster.bus_url, node_id, registry, worker_lost,
+                            heartbeat_s=config.cluster.heartbeat_s)
+    await media.start()
+    closers.append(redis.aclose)
+    closers.append(media.close)
+    app = AriApp(config, bus, media=media)
+    print(f"callassist: ARI application '{config.ari.app}': connecting to Asterisk at {config.ari.url}",
+          flush=True)
+    await app.start()
+    return app
+
+
+def _safe_url(url: str) -> str:
+    """The bus address without a password, for the log."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://…@{rest.rpartition('@')[2]}"
+
+
+def _report_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())

@@ -495,9 +495,23 @@ class AriApp:
                     await self.media.end_call(call.call_id, duration)
                 except (OSError, RuntimeError) as exc:
                     log.error("call %s: media host did not end the call: %s", call.call_id, exc)
+                    await self._end_elsewhere(call, duration)
         finally:
             self.calls.pop(call.call_id, None)
             call.ended.set()
+
+    async def _end_elsewhere(self, call: Call, duration: float) -> None:
+        """The call's media host could not end it (a worker that died as the customer hung
+        up): open the call on a live host only to end it there, so its recording is closed
+        and its end announced, where every call's end is announced (not left live on screens)."""
+        call.utterance_base = MOVE_BASE * (call.utterance_base // MOVE_BASE + 1)
+        resume = ResumeInfo(call.utterance_base, call.started_at, Path(call.recording) if call.recording else None)
+        try:
+            await self.media.open_call(call.call_id, call.caller, call.started_at, resume)
+            await self.media.end_call(call.call_id, duration)
+        except (OSError, RuntimeError) as exc:
+            log.error("call %s: no media host could end the call (%s); the worker that takes no "
+                      "audio for it ends it, if any has it", call.call_id, exc)
 
     # -- calls of the previous run, calls whose media host was lost ------------------------------
     def _resume_call(self, interrupted: InterruptedCall, customer: Channel,

@@ -310,6 +310,12 @@ class RtpStream(asyncio.DatagramProtocol):
     def stalled(self) -> bool:
         return self._state == "stalled"
 
+    @property
+    def quiet_for(self) -> float:
+        """Seconds since the last packet (since the stream opened, before the first one)."""
+        loop = self._loop
+        return 0.0 if loop is None else loop.time() - self._last_packet
+
     async def wait_stalled(self) -> bool:
         """Return True when no packet came for stall_timeout; False if the stream closed."""
         await self._stalled_event.wait()

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from ari_app.media import LocalMediaHost, ResumeInfo
 from callassist.config import Config
-from callassist.events import CallEvent, is_speaker
+from callassist.events import CallEvent, CallFault, is_speaker
 from callassist.media_rpc import Handler, RpcServer, WorkerFull
 from callassist.registry import WorkerInfo, WorkerRegistry
 from callassist.session import SessionPipeline
@@ -31,6 +31,7 @@ from callassist.session import SessionPipeline
 log = logging.getLogger(__name__)
 
 STOP_DRAIN_S = 10.0          # requests in flight at stop get this long
+ORPHAN_AFTER = 60.0          # s without RTP on every leg of a call: nobody taps it any more
 
 
 class Publisher(Protocol):
@@ -48,6 +49,8 @@ class WorkerService:
         self.node_id = node_id
         self.capacity = config.cluster.worker_capacity
         self.heartbeat_s = config.cluster.heartbeat_s
+        self.orphan_after = ORPHAN_AFTER
+        self.bus = bus
         self.started_at = time.time()
 
         def pipeline(call_id: str) -> SessionPipeline:
@@ -58,6 +61,7 @@ class WorkerService:
         self.registry = WorkerRegistry(self._redis, config.cluster.worker_timeout_s)
         self.server = RpcServer(self._redis, node_id, self._handlers())
         self._heartbeat: asyncio.Task | None = None
+        self._orphans: asyncio.Task | None = None
         self._draining = False
         self._killed = False
         self._beat_failing = False
@@ -68,6 +72,7 @@ class WorkerService:
         await self.server.start()
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"worker-heartbeat-{self.node_id}")
+        self._orphans = asyncio.create_task(self._end_orphans(), name=f"worker-orphans-{self.node_id}")
         log.info("worker %s: taking up to %d calls, RTP on %s", self.node_id, self.capacity,
                  self.config.rtp.advertise_host)
 
@@ -82,10 +87,11 @@ class WorkerService:
         await self.media.close()                 # the rest of the calls: let go, no CallEnded
         if left:
             log.info("worker %s: stopping; %d call(s) left to move: %s", self.node_id, len(left), ", ".join(left))
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        for task in (self._heartbeat, self._orphans):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._heartbeat = self._orphans = None
         if not self._killed:
             try:
                 await self.registry.withdraw(self.node_id)   # the controllers move them now, not after the timeout
@@ -109,6 +115,22 @@ class WorkerService:
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.node_id, self.config.rtp.advertise_host, 0 if self._draining else self.capacity,
                           self.calls, self.started_at)
+
+    async def _end_orphans(self) -> None:
+        """End a call nobody hears any more: no RTP on any of its legs for orphan_after
+        seconds. Its controller died (a restarted one sweeps the taps it does not know) or
+        it hung up without telling us; the call would otherwise stay live on every screen."""
+        while True:
+            await asyncio.sleep(min(5.0, self.orphan_after / 4))
+            loop = asyncio.get_running_loop()
+            for call_id, call in list(self.media.calls.items()):
+                quiet = min((leg.stream.quiet_for for leg in call.legs.values()),
+                            default=call.elapsed(loop.time()))
+                if quiet < self.orphan_after:
+                    continue
+                log.warning("call %s: no audio for %.0f s on this worker; ending it", call_id, quiet)
+                self.bus.publish(CallFault(call_id, f"{quiet:.0f} 秒无音频（控制节点失联或已挂机），识别节点已结束此通话"))
+                await self.media.end_call(call_id, duration=round(call.elapsed(loop.time()), 3))
 
     async def _heartbeat_loop(self) -> None:
         while True:

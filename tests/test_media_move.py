@@ -235,3 +235,47 @@ async def test_a_moved_call_on_real_asterisk_is_tapped_again_on_one_timeline(ast
     assert heard(audio[int((gap_from - 1.0) * RATE):int((gap_from - 0.1) * RATE), 0])
     assert heard(audio[int((gap_to + 0.5) * RATE):int((gap_to + 1.5) * RATE), 0])
     assert heard(audio[int((gap_to + 0.5) * RATE):int((gap_to + 1.5) * RATE), 1])
+
+
+class HostThatDiesAtTheEnd(LocalMediaHost):
+    """A media host whose first end_call fails as a dead worker's does (failure injection)."""
+    failures = 1
+
+    async def end_call(self, call_id: str, duration: float) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("识别节点 w1 无响应")
+        await super().end_call(call_id, duration)
+
+
+async def test_a_call_whose_host_cannot_end_it_is_ended_on_another(peer: AriPeer, tmp_path: Path) -> None:
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    bus = EventBus()
+    async with kept_events(bus) as events:
+        template = make_app(peer.url, recordings, bus, "wav", 43600)
+        lines = {speaker: [ScriptedUtterance(f"{speaker} 第 {i} 句", i + 0.1, i + 0.6) for i in range(20)]
+                 for speaker in ("customer", "agent")}
+        engine, matcher = ScriptedEngine(lines, endpoint_delay=0.2), Matcher(load_playbook())
+        host = HostThatDiesAtTheEnd(template.config, bus.publish, lambda call_id: CallPipeline(
+            call_id, engine, matcher, host.publisher_for(call_id)), recordings)
+        app = make_app(peer.url, recordings, bus, "wav", 43600, media=host)
+        await app.start()
+        try:
+            await app.wait_ready(10)
+            call = peer.start_call(speech(10), speech(10), answer_after=0.2)
+            call_id = call.customer.id
+            await wait_until(lambda: call_id in app.calls and len(app.calls[call_id].legs) == 2 and all(
+                leg.ready and frames(app, call_id, leg) > 5 for leg in app.calls[call_id].legs.values()),
+                what="tapped")
+            await asyncio.sleep(1.0)
+            await peer.hangup(call)
+            await wait_until(lambda: any(isinstance(e, CallEnded) for e in events), what="the call's end")
+            await wait_until(lambda: not app.calls, what="the call forgotten")
+        finally:
+            await app.stop()
+            await host.close()
+    assert host.failures == 0                                    # control: the first end did fail
+    ended = [e for e in events if isinstance(e, CallEnded)]
+    assert len(ended) == 1 and ended[0].recording == str(recordings / f"{call_id}.wav")
+    assert sorted(p.name for p in recordings.iterdir()) == [f"{call_id}.wav"]

@@ -292,3 +292,22 @@ async def test_dead_worker_calls_move_to_a_live_one(cluster):
     first = await observer.wait_for(CallStarted, "a")
     assert ended.recording == first.recording and len(observer.of(CallStarted, "a")) == 1
     assert await host.check_workers() == {} and len(reports) == 1   # nothing reported twice
+
+
+async def test_a_call_nobody_taps_any_more_is_ended_by_its_worker(cluster):
+    """Its controller died and the taps were swept: no RTP on any leg for orphan_after."""
+    make_worker, make_host, observer = cluster
+    worker = await make_worker("w1", 47500)
+    worker.service.orphan_after = 1.0
+    host = await make_host()
+    await host.open_call("orphan", "", time.time())
+    await host.open_call("heard", "", time.time())
+    sender = asyncio.create_task(send_leg(host, "heard", "em-heard", 4.0))    # control: audio flows
+    await send_leg(host, "orphan", "em-orphan", 0.3)
+    ended = await observer.wait_for(CallEnded, "orphan")
+    fault = await observer.wait_for(CallFault, "orphan")
+    assert "无音频" in fault.problem and ended.duration > 1.0
+    assert "heard" in worker.service.media.calls and not observer.of(CallEnded, "heard")
+    await sender
+    await host.end_call("heard", 4.0)
+    await observer.wait_for(CallEnded, "heard")

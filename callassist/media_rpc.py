@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ari_app.media import MediaError
+from callassist.redis_bus import stop_task
 from callassist.wire import WireError, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -87,17 +88,6 @@ async def _pop_forever(redis: Redis, key: str, what: str, handle: Callable[[byte
             handle(item[1])
 
 
-async def _end(task: asyncio.Task) -> None:
-    """Cancel a BRPOP loop and wait for its end. redis-py (8.1) can swallow a cancellation
-    that lands just as a reply came in (the task then blocks in its next BRPOP): cancel
-    until it is done (its running() is already false, so it ends within POLL_S anyway)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s failed", task.get_name(), exc_info=task.exception())
-
-
 class RpcServer:
     """Serves `handlers` (method name -> async function taking the request's args by name)
     on callassist:rpc:{node_id}."""
@@ -125,7 +115,7 @@ class RpcServer:
         self._serving = False
         reader, self._reader = self._reader, None
         if reader is not None:
-            await _end(reader)
+            await stop_task(reader)
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=drain_timeout)
             for task in late:
@@ -233,7 +223,7 @@ class RpcClient:
         self._closed = True
         reader, self._reader = self._reader, None
         if reader is not None:
-            await _end(reader)
+            await stop_task(reader)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(MediaUnavailable("RPC client closed"))

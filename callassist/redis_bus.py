@@ -82,6 +82,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def stop_task(task: asyncio.Task) -> None:
+    """Cancel a task blocked in a Redis command and wait for its end. redis-py (8.1) can
+    swallow a cancellation that lands just as a reply comes in (the task then blocks in its
+    next command): cancel until it is done."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
 class Backoff:
     """Retry delays doubling from `first` to `most`; `reset()` after a success."""
 
@@ -279,11 +290,7 @@ class RedisEventBus:
                       self.url, len(self._queued))
         for task in (self._sender, self._reader):
             if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+                await stop_task(task)
         self._sender = self._reader = None
         await self.redis.aclose()
 

@@ -202,20 +202,46 @@ def ari_user(config_dir: Path) -> tuple[str, str]:
 class BundledAsterisk:
     """One Asterisk process on the shared build, in the foreground (we own the process)."""
 
-    def __init__(self, root: Path, config_dir: Path, state_dir: Path) -> None:
+    def __init__(self, root: Path, config_dir: Path, state_dir: Path, systemname: str = "") -> None:
         self.root = root
         self.script = root / "run-asterisk.sh"
         self.config_dir = config_dir
         self.state_dir = state_dir
+        # Asterisk prefixes its uniqueids with it: two Asterisks behind one callassist
+        # cluster must not hand out the same channel ids
+        self.systemname = systemname
         self.process: subprocess.Popen | None = None
 
     def _command(self, *args: str) -> list[str]:
+        if self.systemname:
+            # run-asterisk.sh writes an asterisk.conf without systemname on every start:
+            # write ours (the same directories plus systemname) and start the binary itself
+            conf = self._write_asterisk_conf()
+            return [str(self.root / "sbin" / "asterisk"), "-C", str(conf), *args]
         return [str(self.script), str(self.config_dir), str(self.state_dir), "--", *args]
+
+    def _write_asterisk_conf(self) -> Path:
+        state, root = self.state_dir, self.root
+        for sub in ("run", "log", "spool", "db", "cache"):
+            (state / sub).mkdir(parents=True, exist_ok=True)
+        conf = state / "asterisk.conf"
+        conf.write_text(
+            "[directories]\n"
+            f"astetcdir => {self.config_dir}\nastmoddir => {root}/lib/asterisk/modules\n"
+            f"astvarlibdir => {root}/var/lib/asterisk\nastdbdir => {state}/db\n"
+            f"astkeydir => {root}/var/lib/asterisk\nastdatadir => {root}/var/lib/asterisk\n"
+            f"astagidir => {root}/var/lib/asterisk/agi-bin\nastspooldir => {state}/spool\n"
+            f"astrundir => {state}/run\nastlogdir => {state}/log\nastsbindir => {root}/sbin\n"
+            f"astcachedir => {state}/cache\n\n"
+            f"[options]\ndocumentation_language = en_US\nsystemname = {self.systemname}\n")
+        return conf
 
     def start(self) -> None:
         output = open(self.state_dir.parent / "asterisk.out", "wb")   # noqa: SIM115 (kept open)
         self.process = subprocess.Popen(self._command("-f"), stdin=subprocess.DEVNULL,
-                                        stdout=output, stderr=subprocess.STDOUT)
+                                        stdout=output, stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, LD_LIBRARY_PATH=str(self.root / "lib"))
+                                        if self.systemname else None)
         output.close()
 
     def cli(self, command: str, timeout: float = 10.0) -> str:
@@ -304,16 +330,27 @@ def asterisk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealAsterisk]
 def start_asterisk(build_dir: Path, run_base: Path) -> tuple[BundledAsterisk, RealAsterisk]:
     """Unpack the shared build into `build_dir` and start it with config/asterisk/ on free
     ports (state under `run_base`); returns it ready for ARI. The caller stops it."""
-    root = unpack_asterisk(build_dir)
+    return launch_asterisk(unpack_asterisk(build_dir), run_base)
+
+
+def launch_asterisk(root: Path, run_base: Path, *, systemname: str = "",
+                    extra_dialplan: str = "") -> tuple[BundledAsterisk, RealAsterisk]:
+    """One more Asterisk from an unpacked tree (`unpack_asterisk`), independent of any other:
+    its own config dir (config/asterisk/ on its own free ports, plus `extra_dialplan` appended
+    to extensions.conf), its own state, its own `systemname` (channel ids distinct from other
+    instances'). Returns it ready for ARI; the caller stops it."""
     run_dir = _short_dir(run_base, "ast-")
     config_dir, state_dir = run_dir / "etc", run_dir / "state"
     http_port = free_port()
     sip_port = free_port(socket.SOCK_DGRAM)
     agent_ports = {agent: free_port(socket.SOCK_DGRAM) for agent in AGENTS}
     render_config(config_dir, http_port, sip_port, agent_ports)
+    if extra_dialplan:
+        with (config_dir / "extensions.conf").open("a") as dialplan:
+            dialplan.write("\n" + extra_dialplan)
     user, password = ari_user(config_dir)
     ari = AriAccess(f"http://127.0.0.1:{http_port}", user, password)
-    server = BundledAsterisk(root, config_dir, state_dir)
+    server = BundledAsterisk(root, config_dir, state_dir, systemname)
     state_dir.mkdir(parents=True)
     started = time.monotonic()
     server.start()

@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import contextmanager
+from typing import Protocol
 
 from callassist.events import CallEvent
 
 
+class Subscribers(Protocol):
+    """A bus that hands events to its subscriptions (EventBus, redis_bus.RedisEventBus)."""
+    _subscriptions: set[Subscription]
+
+
 class Subscription:
-    def __init__(self, bus: "EventBus", maxsize: int) -> None:
+    def __init__(self, bus: Subscribers, maxsize: int) -> None:
         self._bus = bus
         self.queue: asyncio.Queue[CallEvent] = asyncio.Queue(maxsize)
         self.dropped = 0

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from callassist import wire
+from callassist.bus import Subscription
 from callassist.events import CallEvent
 
 log = logging.getLogger(__name__)
@@ -128,35 +129,6 @@ class Outage:
             self.since = None
 
 
-class BusSubscription:
-    """One fan-out subscriber: the surface of callassist.bus.Subscription (queue, get, async
-    iteration, close, dropped). Bounded: when full, the oldest event is dropped and counted."""
-
-    def __init__(self, bus: RedisEventBus, maxsize: int) -> None:
-        self._bus = bus
-        self.queue: asyncio.Queue[CallEvent] = asyncio.Queue(maxsize)
-        self.dropped = 0
-
-    def _offer(self, event: CallEvent) -> None:
-        if self.queue.full():
-            self.queue.get_nowait()
-            self.dropped += 1
-        self.queue.put_nowait(event)
-
-    async def get(self) -> CallEvent:
-        return await self.queue.get()
-
-    def __aiter__(self) -> AsyncIterator[CallEvent]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[CallEvent]:
-        while True:
-            yield await self.queue.get()
-
-    def close(self) -> None:
-        self._bus._subscriptions.discard(self)
-
-
 class RedisEventBus:
     def __init__(self, url: str, node_id: str, *, stream: str = EVENTS_STREAM,
                  max_queued: int = MAX_QUEUED, maxlen: int = STREAM_MAXLEN) -> None:
@@ -182,7 +154,7 @@ class RedisEventBus:
         self._reader: asyncio.Task[None] | None = None
         self._reader_ready = asyncio.Event()      # the fan-out reader knows where it starts
         self._reader_ready.set()
-        self._subscriptions: set[BusSubscription] = set()
+        self._subscriptions: set[Subscription] = set()
         self._closed = False
         self.published = 0                        # events appended to the stream
         self.dropped = 0                          # events lost: queue full or bus closed
@@ -296,15 +268,15 @@ class RedisEventBus:
 
     # --- fan-out ----------------------------------------------------------------------
 
-    def subscribe(self, maxsize: int = 0) -> BusSubscription:
-        sub = BusSubscription(self, maxsize)
+    def subscribe(self, maxsize: int = 0) -> Subscription:
+        sub = Subscription(self, maxsize)
         self._subscriptions.add(sub)
         if self._loop is not None:
             self._ensure_reader()
         return sub
 
     @contextmanager
-    def subscription(self, maxsize: int = 0) -> Iterator[BusSubscription]:
+    def subscription(self, maxsize: int = 0) -> Iterator[Subscription]:
         sub = self.subscribe(maxsize)
         try:
             yield sub

@@ -10,6 +10,7 @@ PostgreSQL refuses to run as root: as root the server runs as Debian's `postgres
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -152,17 +153,24 @@ class PostgresServer:
         return self.url(name)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+@contextlib.contextmanager
+def running_redis(prefix: str = "callassist-redis-") -> Iterator[RedisServer]:
+    """A redis-server in a temporary directory, stopped at the end."""
     if shutil.which("redis-server") is None:
         _missing("redis-server not installed (Debian package redis-server)")
-    with tempfile.TemporaryDirectory(prefix="callassist-redis-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         server = RedisServer(Path(tmp))
         server.start()
         try:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture

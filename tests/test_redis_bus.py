@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -18,7 +16,7 @@ from callassist import wire
 from callassist.events import CallEvent, CallFault, CallStarted, ConversationUpdated, TranscriptUpdate
 from callassist.leases import Lease
 from callassist.redis_bus import EVENTS_STREAM, REJECTED_STREAM, Entry, GroupReader, RedisEventBus
-from servers import RedisServer
+from servers import RedisServer, running_redis
 
 WAIT = 20.0         # upper bound for a condition that should hold within milliseconds
 
@@ -53,13 +51,8 @@ async def started(made: list[RedisEventBus], url: str, node_id: str, **options: 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, so stopping it disturbs no other test."""
-    with tempfile.TemporaryDirectory(prefix="callassist-redis-own-") as tmp:
-        server = RedisServer(Path(tmp))
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with running_redis("callassist-redis-own-") as server:
+        yield server
 
 
 async def test_every_node_hears_every_event_in_publish_order(redis_url: str, buses: list[RedisEventBus]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class RemoteMediaHost:
         self._redis = Redis.from_url(redis_url)
         self.rpc = RpcClient(self._redis, node_id, rpc_timeout)
         self.placements: dict[str, Placement] = {}
+        self._opening: Counter[str] = Counter()     # calls being opened, by worker
         self._watcher: asyncio.Task | None = None
         self._tasks: set[asyncio.Future] = set()
 
@@ -83,6 +85,7 @@ class RemoteMediaHost:
                 "resume": resume.to_dict() if resume is not None else None}
         while True:
             worker = await self._choose(excluded)
+            self._opening[worker.node_id] += 1
             try:
                 opened = await self.rpc.call(worker.node_id, "open_call", args)
             except MediaUnavailable as exc:
@@ -95,6 +98,8 @@ class RemoteMediaHost:
                     raise
                 excluded.add(worker.node_id)        # filled up since its last heartbeat
                 continue
+            finally:
+                self._opening[worker.node_id] -= 1
             break
         self.placements[call_id] = Placement(worker.node_id, worker.started_at,
                                              moves=previous.moves + 1 if previous is not None else 0)
@@ -143,7 +148,7 @@ class RemoteMediaHost:
     # -- internals ---------------------------------------------------------------------------------
     async def _choose(self, excluded: set[str]) -> WorkerInfo:
         try:
-            return await self.registry.choose(excluded)
+            return await self.registry.choose(excluded, self._opening)
         except (RedisError, OSError) as exc:
             raise MediaUnavailable(f"识别节点列表无法读取：Redis {exc}") from None
 

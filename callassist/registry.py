@@ -9,8 +9,8 @@ its calls but takes no new one).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 
 from redis.asyncio import Redis
 
@@ -49,10 +49,14 @@ class WorkerInfo:
                    calls=int(raw["calls"]), started_at=float(raw["started_at"]))
 
 
-def choose_worker(workers: Iterable[WorkerInfo], exclude: Collection[str] = ()) -> WorkerInfo:
+def choose_worker(workers: Iterable[WorkerInfo], exclude: Collection[str] = (),
+                  opening: Mapping[str, int] | None = None) -> WorkerInfo:
     """The live worker with the most free capacity (ties: fewest calls, then node id, so
-    that every controller breaks a tie the same way); raises NoWorkerAvailable."""
-    alive = [w for w in workers if w.node_id not in exclude]
+    that every controller breaks a tie the same way); raises NoWorkerAvailable. `opening`:
+    calls being opened on each worker by this controller, not yet in its heartbeat (calls
+    that arrive together must not all go to the same worker)."""
+    opening = opening or {}
+    alive = [replace(w, calls=w.calls + opening.get(w.node_id, 0)) for w in workers if w.node_id not in exclude]
     if not alive:
         raise NoWorkerAvailable(f"{NO_WORKER}：没有在线的识别节点" if not exclude else
                                 f"{NO_WORKER}：除 {', '.join(sorted(exclude))} 外没有在线的识别节点")
@@ -93,6 +97,6 @@ class WorkerRegistry:
     async def is_alive(self, node_id: str) -> bool:
         return bool(await self.redis.exists(worker_key(node_id)))
 
-    async def choose(self, exclude: Collection[str] = ()) -> WorkerInfo:
+    async def choose(self, exclude: Collection[str] = (), opening: Mapping[str, int] | None = None) -> WorkerInfo:
         """The worker for a new (or moved) call; raises NoWorkerAvailable."""
-        return choose_worker(await self.live_workers(), exclude)
+        return choose_worker(await self.live_workers(), exclude, opening)

@@ -142,6 +142,9 @@ def test_choice_most_free_then_fewest_calls_then_node_id():
     assert choose_worker([info("a", 4, 2), info("b", 6, 4)]).node_id == "a"      # same room, fewer calls
     assert choose_worker([info("b", 4, 1), info("a", 4, 1)]).node_id == "a"      # then node id
     assert choose_worker([info("a", 4, 0), info("b", 4, 3)], exclude={"a"}).node_id == "b"
+    # calls this controller is opening count before the worker's heartbeat says so
+    assert choose_worker([info("a", 4, 0), info("b", 4, 0)], opening={"a": 1}).node_id == "b"
+    assert choose_worker([info("a", 4, 0), info("b", 4, 0)], opening={}).node_id == "a"      # control
     with pytest.raises(NoWorkerAvailable, match=f"^{NO_WORKER}：识别节点均已满（a 4/4, b 0/0）"):
         choose_worker([info("a", 4, 4), info("b", 0, 0)])
     with pytest.raises(NoWorkerAvailable, match=f"^{NO_WORKER}：没有在线的识别节点"):

@@ -1,6 +1,6 @@
 """QA technique adherence: did the agent do what the seeds teach, judged by meaning?
 
-For one call (a Store.get_call dict, or cards and utterances with the same fields) and
+For one call (a CallArchive.get_call dict, or cards and utterances with the same fields) and
 each technique of prompts/techniques.toml:
     empathy_first         先处理情绪再处理事情: among the agent's first answers after the customer
                           spoke, greeting, asking, listening (您慢慢说) and saying what the
@@ -388,5 +388,5 @@ def _score(results: list[TechniqueResult], judged: list[CardAdherence], techniqu
 
 def assess_call(call: Mapping[str, Any], playbook: Playbook, window: float,
                 threshold: float = DEFAULT_THRESHOLD) -> CallAdherence:
-    """`assess` for a Store.get_call dict."""
+    """`assess` for a CallArchive.get_call dict."""
     return assess(call.get("cards", ()), call.get("utterances", ()), playbook, window, threshold)

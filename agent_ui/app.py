@@ -22,7 +22,7 @@ JSON: GET /api/me, /api/meta, /api/calls, /api/calls/{call_id}, /api/live;
 Websocket: GET /ws[?call=ID] (agent_ui.views.ws): stored events pushed as committed,
 routed by agent_ui.views.hub.LiveHub (one store listener for all sockets).
 
-With `bus`, the app records the bus into the store for its lifetime (store.run), so
+With `bus`, the app records the bus into the store for its lifetime (store.events.run), so
 the screens see exactly what is stored, and reads each live call as a whole
 (agent_ui.live_reading: CallReadingUpdated on the bus); pass bus=None when something else
 runs the store's recorder.
@@ -89,7 +89,7 @@ def _live_reading(store: Any, bus: Any):
 
 
 def _recorder(store: Any, bus: Any):
-    return _for_lifetime("store-recorder", lambda app: store.run(bus))
+    return _for_lifetime("store-recorder", lambda app: store.events.run(bus))
 
 
 def _for_lifetime(name: str, start: Callable[[web.Application], Coroutine[Any, Any, None]]):

@@ -2,7 +2,7 @@
 
 Each file goes through the post-call analysis (callassist.analyze: the same pipeline
 as a live call), is copied to data_dir/recordings/<call_id>.<ext>, and is stored with
-Store.record_many as the events of an ended call with source "import" (CallStarted,
+EventLog.record_many as the events of an ended call with source "import" (CallStarted,
 AgentJoined, final transcripts, standing cards as confirmed CardFired, CallEnded), so
 it looks like any other archived call. The call id comes from the file's content
 (import-<sha256 prefix>): importing the same recording again changes nothing.
@@ -109,7 +109,7 @@ def import_recording(store, path: str | os.PathLike, engine, matcher, *, agent: 
         from callassist.audio import AudioError
         raise AudioError(f"{path}: no such file")
     call_id = content_call_id(path)
-    known = store.get_call(call_id)
+    known = store.calls.get_call(call_id)
     if known is not None:
         return ImportedCall(path, call_id, known["duration"] or 0.0, len(known["utterances"]),
                             tuple(known["categories"]), Path(known["recording_path"] or ""), True)
@@ -121,7 +121,7 @@ def import_recording(store, path: str | os.PathLike, engine, matcher, *, agent: 
     os.replace(partial, dest)                  # never a half-copied file under the final name
     events = archive_events(call_id, path.stat().st_mtime, result.duration, result.events, agent, dest)
     try:
-        store.record_many(events)
+        store.events.record_many(events)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise

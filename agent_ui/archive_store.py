@@ -1,6 +1,5 @@
 """The call archive's queries: list / count / search calls, one call in full, the live
-calls, a card. Reached as `store.calls`; Store keeps `store.list_calls(...)` ... as
-shortcuts. Read-only, on the engine's read connection.
+calls, a card. Reached as `store.calls`. Read-only, on the engine's read connection.
 
 Chinese full-text search without a word segmenter: the final transcript's normalised
 form (`search_form`) is searched as a substring. 3+ characters use a trigram index

@@ -234,7 +234,7 @@ class LoginRateLimiter:
 
 # --- roles ----------------------------------------------------------------------------
 # `user`: a dict as returned by Store.get_user (role, endpoints); `call`: a dict from
-# Store.get_call / list_calls (status, agent_endpoint and, from get_call, agents).
+# CallArchive.get_call / list_calls (status, agent_endpoint and, from get_call, agents).
 
 def _endpoints(user: Mapping[str, Any]) -> Collection[str]:
     return user.get("endpoints") or ()
@@ -258,7 +258,7 @@ def can_view_call(user: Mapping[str, Any] | None, call: Mapping[str, Any] | None
 
 
 def call_filter(user: Mapping[str, Any]) -> dict[str, Any]:
-    """Store.list_calls keyword arguments that restrict a listing to what `user` may see."""
+    """CallArchive.list_calls keyword arguments that restrict a listing to what `user` may see."""
     role = user.get("role")
     if role == "agent":
         return {"endpoints": list(_endpoints(user))}

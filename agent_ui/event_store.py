@@ -1,18 +1,17 @@
 """The event log and the live feed: recording bus events (what each changes:
 agent_ui.projection_store), handing committed events to listeners, and reading them back
-(`events_since`). Reached as `store.events`; Store keeps `store.record(...)`,
-`store.listen()` ... as shortcuts.
+(`events_since`). Reached as `store.events`.
 
 `listen()` hands the web app each event only after it is committed, with its sequence
 number, on the listener's loop and in commit order, so a screen shows exactly what is
 stored and catching up with `events_since` gives no duplicates:
 
-    queue = store.listen()                       # 1. listen first
-    for seq, event in store.events_since(last):  # 2. then catch up
+    queue = store.events.listen()                       # 1. listen first
+    for seq, event in store.events.events_since(last):  # 2. then catch up
         send(event); last = seq
     while True:
         seq, event = await queue.get()
-        if seq > last: send(event); last = seq   # 3. skip what catch-up already sent
+        if seq > last: send(event); last = seq          # 3. skip what catch-up already sent
 
 SQLite (one process): the committing thread tells the listeners right after its commit.
 PostgreSQL (shared): every store's follower thread (agent_ui.db_postgres.EventFollower)
@@ -170,7 +169,7 @@ class EventLog:
         before the task first runs) and return the coroutine that hands every event to
         the store's writer thread (never waiting for the database) until cancelled:
 
-            task = asyncio.create_task(store.run(bus))
+            task = asyncio.create_task(store.events.run(bus))
         """
         subscription = bus.subscribe()            # unbounded: the store must not lose events
         writer = self.recorder()

@@ -166,7 +166,7 @@ class LiveReader:
         the cards as they stood) and store that reading instead."""
         if self.store is None:
             return
-        stored = await asyncio.to_thread(self.store.get_call, event.call_id)
+        stored = await asyncio.to_thread(self.store.calls.get_call, event.call_id)
         if not stored:
             return
         lines = [{"speaker": line.speaker, "text": line.text, "start": line.start, "end": line.end}

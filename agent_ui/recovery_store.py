@@ -1,6 +1,5 @@
 """After a crash: the calls a previous run left 'live', and closing them with a fault
-and an end (callassist.recovery drives it at start-up). Reached as `store.recovery`;
-Store keeps `store.interrupted_calls()` and `store.close_interrupted_calls(...)`.
+and an end (callassist.recovery drives it at start-up). Reached as `store.recovery`.
 """
 from __future__ import annotations
 

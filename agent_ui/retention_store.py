@@ -1,7 +1,6 @@
 """Retention: ended calls older than [storage] retention_days go, with every row that
 hangs off them and their recording files; expired sessions, old failed logins and old
-audit rows go too (agent_ui.account_store). Reached as `store.retention`; Store keeps
-`store.purge(...)`.
+audit rows go too (agent_ui.account_store). Reached as `store.retention`.
 """
 from __future__ import annotations
 

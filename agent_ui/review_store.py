@@ -1,7 +1,7 @@
 """What people do with calls after the fact: agents acknowledge cards and say whether
-one helped, QA reviewers save a review of a call. Reached as `store.reviews`; Store keeps
-`store.acknowledge_card(...)` ... as shortcuts. These write: from the event loop, call
-them through Store.off_loop.
+one helped, QA reviewers save a review of a call. Reached as `store.reviews`. These write:
+from the event loop, call them through Store.off_loop, e.g.
+`await store.off_loop(store.reviews.save_review, ...)`.
 """
 from __future__ import annotations
 

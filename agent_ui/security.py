@@ -186,9 +186,9 @@ def require_role(request: web.Request, *roles: str) -> dict[str, Any]:
 
 
 def require_call(request: web.Request, call_id: str) -> dict[str, Any]:
-    """The call (Store.get_call) if the user may see it: 404 unknown, 403 not theirs."""
+    """The call (CallArchive.get_call) if the user may see it: 404 unknown, 403 not theirs."""
     user = current_user(request)
-    call = request.app[APP_STORE].get_call(call_id)
+    call = request.app[APP_STORE].calls.get_call(call_id)
     if call is None:
         raise web.HTTPNotFound(text="没有这个通话", content_type="text/plain")
     if not can_view_call(user, call):

@@ -19,19 +19,21 @@ all on the same engine:
     store.analytics   per-call analytics      (agent_ui.analytics_store.AnalyticsStore)
     store.trends      trends page queries     (agent_ui.trends_store.TrendStore)
 
-The Store's own methods (record, listen, list_calls, purge ...) are shortcuts to the
-parts, so callers written before the split keep working.
+Callers use the part that does what they need (`store.calls.get_call(id)`,
+`store.events.record_many(events)`, `store.retention.purge(days)` ...); the Store itself
+only opens the engine, builds the parts, runs request writes off the loop and closes.
 
 Nothing on the event loop (RTP, ARI, websockets) waits for the database: reads are
 short; writes asked for by requests go through `await store.off_loop(fn, ...)` (one
-worker thread), the bus is recorded by the writer thread (`store.run(bus)`,
-agent_ui.store_writer). How `listen()` and `events_since` fit together: agent_ui.event_store.
+worker thread), e.g. `await store.off_loop(store.reviews.save_review, ...)`; the bus is
+recorded by the writer thread (`store.events.run(bus)`, agent_ui.store_writer). How
+`store.events.listen()` and `events_since` fit together: agent_ui.event_store.
 """
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,19 +41,16 @@ from typing import TYPE_CHECKING, Any
 from agent_ui.account_store import AccountStore
 from agent_ui.analytics_store import AnalyticsStore
 from agent_ui.archive_store import CALL_STATUSES, FTS_MIN_CHARS, SEVERITY_RANK, CallArchive, search_form
-from agent_ui.db import Connection, Database, StoreError
+from agent_ui.db import Database, StoreError
 from agent_ui.db_sqlite import SqliteDatabase
 from agent_ui.event_store import EventLog, Listener
 from agent_ui.recordings_store import RECORDINGS_DIR, Recordings
 from agent_ui.recovery_store import CallRecovery, RecordingRecovery
 from agent_ui.retention_store import AUDIT_RETENTION_DAYS, PURGE_BATCH, Retention
 from agent_ui.review_store import CardReviews
-from agent_ui.store_writer import StoreWriter
 from agent_ui.trends_store import TrendStore
-from callassist.events import CallEvent
 
 if TYPE_CHECKING:
-    from callassist.bus import EventBus
     from callassist.config import Config
 
 __all__ = ["AUDIT_RETENTION_DAYS", "CALL_STATUSES", "DB_NAME", "FTS_MIN_CHARS", "PURGE_BATCH",
@@ -125,97 +124,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- shortcuts: the event log and live feed (store.events) --------------------------
-
-    def record(self, event: CallEvent) -> int:
-        return self.events.record(event)
-
-    def record_many(self, events: Sequence[CallEvent],
-                    origins: Sequence[str | None] | None = None) -> list[int]:
-        return self.events.record_many(events, origins)
-
-    def record_batch(self, conn: Connection, events: Sequence[CallEvent],
-                     origins: Sequence[str | None] | None = None) -> list[int]:
-        return self.events.record_batch(conn, events, origins)
-
-    def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
-        return self.events.run(bus)
-
-    def recorder(self) -> StoreWriter:
-        return self.events.recorder()
-
-    @property
-    def recorder_backlog(self) -> int:
-        return self.events.recorder_backlog
-
-    def listen(self, maxsize: int = 0) -> Listener:
-        return self.events.listen(maxsize)
-
-    def unlisten(self, queue: asyncio.Queue) -> None:
-        self.events.unlisten(queue)
-
-    def events_since(self, after_seq: int, call_ids: Iterable[str] | None = None,
-                     limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
-        return self.events.events_since(after_seq, call_ids, limit)
-
-    def last_seq(self) -> int:
-        return self.events.last_seq()
-
-    # --- shortcuts: the call archive (store.calls) ----------------------------------------
-
-    def list_calls(self, *, endpoints: list[str] | None = None, date_from: float | None = None,
-                   date_to: float | None = None, category: str | None = None,
-                   severity: str | None = None, agent: str | None = None, text: str | None = None,
-                   status: str | None = None, risk: str | None = None, limit: int = 100,
-                   offset: int = 0) -> list[dict[str, Any]]:
-        return self.calls.list_calls(endpoints=endpoints, date_from=date_from, date_to=date_to,
-                                     category=category, severity=severity, agent=agent, text=text,
-                                     status=status, risk=risk, limit=limit, offset=offset)
-
-    def count_calls(self, **filters: Any) -> int:
-        return self.calls.count_calls(**filters)
-
-    def get_call(self, call_id: str) -> dict[str, Any] | None:
-        return self.calls.get_call(call_id)
-
-    def live_calls(self) -> list[dict[str, Any]]:
-        return self.calls.live_calls()
-
-    def card_call_id(self, card_id: str) -> str | None:
-        return self.calls.card_call_id(card_id)
-
-    def get_card(self, card_id: str) -> dict[str, Any] | None:
-        return self.calls.get_card(card_id)
-
-    # --- shortcuts: card actions and reviews (store.reviews) -----------------------------
-
-    def acknowledge_card(self, card_id: str, username: str, at: float | None = None) -> bool:
-        return self.reviews.acknowledge_card(card_id, username, at)
-
-    def card_feedback(self, card_id: str, username: str, helpful: bool, at: float | None = None) -> bool:
-        return self.reviews.card_feedback(card_id, username, helpful, at)
-
-    def save_review(self, call_id: str, reviewer: str, verdict: str, notes: str = "",
-                    adherence_score: float | None = None) -> bool:
-        return self.reviews.save_review(call_id, reviewer, verdict, notes, adherence_score)
-
-    # --- shortcuts: retention, recordings, crash recovery --------------------------------
-
-    def purge(self, retention_days: float, now: float | None = None) -> int:
-        return self.retention.purge(retention_days, now)
-
-    def recording_file(self, recording: str | None) -> Path | None:
-        return self.recordings.file(recording)
-
-    def interrupted_calls(self) -> list[dict[str, Any]]:
-        return self.recovery.interrupted_calls()
-
-    def close_interrupted_calls(self, now: float | None = None,
-                                problem: str = "callassist restarted during the call", *,
-                                recover: RecordingRecovery | None = None,
-                                call_ids: Collection[str] | None = None) -> int:
-        return self.recovery.close_interrupted_calls(now, problem, recover=recover, call_ids=call_ids)
 
 
 def open_store(config: Config, *, create: bool = True) -> Store:

@@ -26,7 +26,7 @@ class TrendCall:
     of its standing cards, in order of first card; `escalated`: the customer threatened
     to take it outside (a standing customer card in agent_ui.risk.ESCALATION_THREATS);
     `escalation_score`: the stored reading's escalation score (0-100) or None;
-    `detail`: the call with `cards` and `utterances` as Store.get_call gives them
+    `detail`: the call with `cards` and `utterances` as CallArchive.get_call gives them
     (only when asked for: what adherence is assessed on)."""
     call_id: str
     started_at: float

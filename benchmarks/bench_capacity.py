@@ -18,7 +18,7 @@ resource.getrusage, so decoder threads count):
 5. bus, Redis: with redis-server installed, XADD of the demo call's events into a throwaway
    Redis (tests/servers.py): the server's CPU per event.
 6. store writer: the demo call's stored events, replayed as many calls (fresh call and card
-   ids), recorded by Store.record_many in the writer's batches: CPU and wall time per event
+   ids), recorded by EventLog.record_many in the writer's batches: CPU and wall time per event
    on SQLite and, with --postgres URL (or --postgres auto: a throwaway PostgreSQL 15 from
    tests/servers.py, fsync off, so optimistic), on PostgreSQL. The database server's own CPU
    is not counted.
@@ -278,7 +278,7 @@ def store_cost(config: Config, template: list[CallEvent], calls: int) -> dict[st
         count = sum(len(b) for b in batches)
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
         for batch in batches:
-            store.record_many(batch)
+            store.events.record_many(batch)
         cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
         return {"engine": type(store).__name__, "events": count, "cpu_ms": 1000 * cpu / count,
                 "wall_ms": 1000 * wall / count, "per_s": count / wall}

@@ -85,7 +85,7 @@ async def drive(publish: Callable[[CallEvent], None], calls: int, seconds: float
 
 
 async def follow(store: Store, sent: dict[str, float], seen: dict[str, float], stop: asyncio.Event) -> None:
-    queue = store.listen()
+    queue = store.events.listen()
     try:
         while not stop.is_set():
             try:
@@ -95,7 +95,7 @@ async def follow(store: Store, sent: dict[str, float], seen: dict[str, float], s
             if data["type"] == "CardFired":
                 seen[data["card"]["card_id"]] = time.monotonic()
     finally:
-        store.unlisten(queue)
+        store.events.unlisten(queue)
 
 
 def latencies(sent: dict[str, float], seen: dict[str, float]) -> list[float]:
@@ -112,7 +112,7 @@ async def single_process(tmp: Path, calls: int, seconds: float) -> tuple[list[fl
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
     stop = asyncio.Event()
-    recorder = asyncio.create_task(store.run(bus))
+    recorder = asyncio.create_task(store.events.run(bus))
     follower = asyncio.create_task(follow(store, sent, seen, stop))
     await asyncio.sleep(0.2)
     await drive(bus.publish, calls, seconds, sent)

@@ -8,8 +8,8 @@ Data: `--calls` ended calls of `--utterances` final lines each, drawn (seeded) f
 dev dialogues in prompts/corpus (calls_dev*.jsonl; never the blind sets), loaded straight
 into the tables the store reads (as its own writes would leave them). Queries: random
 2-, 3- and 5-character pieces of stored lines; each is run as the QA search does,
-store.list_calls(text=q, limit=50) (the newest page of matching calls with snippets), and
-store.count_calls(text=q). Printed per engine and query length: p50/p95 of each, the
+store.calls.list_calls(text=q, limit=50) (the newest page of matching calls with snippets), and
+store.calls.count_calls(text=q). Printed per engine and query length: p50/p95 of each, the
 mean number of matching calls, and the size of the search index. Without --database-url a
 PostgreSQL 15 of its own is started in a temporary directory (tests/servers.py).
 """
@@ -111,12 +111,12 @@ def percentile(values: list[float], share: float) -> float:
 def measure(store: Store, by_length: dict[int, list[str]]) -> dict[int, dict[str, float]]:
     results = {}
     for size, texts in by_length.items():
-        store.list_calls(text=texts[0], limit=50)            # warm the cache and the plan
+        store.calls.list_calls(text=texts[0], limit=50)            # warm the cache and the plan
         page_ms, count_ms, matches = [], [], []
         for text in texts:
-            ms, _ = timed(lambda: store.list_calls(text=text, limit=50))
+            ms, _ = timed(lambda: store.calls.list_calls(text=text, limit=50))
             page_ms.append(ms)
-            ms, count = timed(lambda: store.count_calls(text=text))
+            ms, count = timed(lambda: store.calls.count_calls(text=text))
             count_ms.append(ms)
             matches.append(float(count))                    # type: ignore[arg-type]
         results[size] = {"page_p50": percentile(page_ms, 0.5), "page_p95": percentile(page_ms, 0.95),

@@ -4,7 +4,7 @@ with and without another process holding the database's write lock.
     python benchmarks/bench_store_writer.py [--rate 2000] [--seconds 6] [--lock 3]
 
 The bus carries `--rate` final transcript lines a second (in 20 ms ticks, as RTP
-frames come) for `--seconds`; store.run(bus) records them and a store listener hears
+frames come) for `--seconds`; store.events.run(bus) records them and a store listener hears
 each after its commit. "with locker": from 1 s in, another process holds the write
 lock for `--lock` seconds (as `callassist user ...`, `archive import` or a backup
 may). Printed per run: events stored per second (first publish to the last event
@@ -42,8 +42,8 @@ async def one_run(rate: int, seconds: float, lock: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "callassist.db")
         bus = EventBus()
-        listener = store.listen()
-        recorder = asyncio.create_task(store.run(bus))
+        listener = store.events.listen()
+        recorder = asyncio.create_task(store.events.run(bus))
         loop = asyncio.get_running_loop()
         worst_lag = 0.0
 

@@ -176,8 +176,8 @@ async def qa_page_load(playwright, base_dir: Path, loads: int) -> None:
             events.append(CardFired(call, make_card(f"qa-{n}", n // 10, t)))
         t, n = t + 3.0, n + 1
     events.append(CallEnded(call, seconds, str(recording)))
-    store.record_many(events)
-    stored = store.get_call(call)
+    store.events.record_many(events)
+    stored = store.calls.get_call(call)
     print(f"30-minute call: {len(stored['utterances'])} utterances, {len(stored['cards'])} cards, "
           f"recording {recording.stat().st_size / 1e6:.1f} MB")
     server = await start_app(config, store, EventBus(), PLAYBOOK)

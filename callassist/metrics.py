@@ -85,7 +85,7 @@ class CallMetrics:
     async def follow(self, bus: Any, store: Any) -> None:
         """Count until cancelled (the web app runs this for its lifetime)."""
         subscription = bus.subscribe() if bus is not None else None
-        stored = store.listen()
+        stored = store.events.listen()
 
         async def bus_events() -> None:
             if subscription is None:
@@ -103,7 +103,7 @@ class CallMetrics:
         finally:
             if subscription is not None:
                 subscription.close()
-            store.unlisten(stored)
+            store.events.unlisten(stored)
 
 
 class ServiceCollector(Collector):

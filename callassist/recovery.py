@@ -38,7 +38,7 @@ class StartupRecovery:
     def __init__(self, store: Store) -> None:
         """Take the snapshot: call before any call of this run can start."""
         self.store = store
-        self.interrupted = store.interrupted_calls()
+        self.interrupted = store.recovery.interrupted_calls()
         self.captures = set(store.recordings_dir.glob("*" + PARTIAL_SUFFIX))   # FLAC captures left
 
     def resumable(self) -> list[InterruptedCall]:
@@ -57,7 +57,7 @@ class StartupRecovery:
             return None if found is None else (found.path, found.duration)
 
         ids = {c["call_id"] for c in self.interrupted} - set(resumed)
-        closed = self.store.close_interrupted_calls(recover=recover, call_ids=ids) if ids else 0
+        closed = self.store.recovery.close_interrupted_calls(recover=recover, call_ids=ids) if ids else 0
         if closed:
             log.warning("%d call(s) were live when callassist last stopped; closed them out with "
                         "their recordings", closed)

@@ -213,7 +213,7 @@ async def _purge_daily(store, config: Config) -> None:
     if not config.storage.retention_days:
         return
     while True:
-        removed = await asyncio.to_thread(store.purge, config.storage.retention_days)
+        removed = await asyncio.to_thread(store.retention.purge, config.storage.retention_days)
         if removed:
             log.info("retention: removed %d call(s) older than %d days", removed, config.storage.retention_days)
         await asyncio.sleep(24 * 3600)

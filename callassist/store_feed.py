@@ -28,12 +28,20 @@ BATCH = 500
 DB_RETRY_MAX = 5.0
 
 
-class EventStore(Protocol):
-    """What the feed needs of agent_ui.store's Store (either engine)."""
-
-    async def off_loop(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+class EventRecorder(Protocol):
+    """What the feed needs of the store's event log (agent_ui.event_store.EventLog)."""
 
     def record_many(self, events: Sequence[CallEvent], origins: Sequence[str] | None = None) -> list[int]: ...
+
+
+class EventStore(Protocol):
+    """What the feed needs of agent_ui.store's Store (either engine): its event log, written
+    through its request-write thread so the feed never blocks the event loop."""
+
+    @property
+    def events(self) -> EventRecorder: ...
+
+    async def off_loop(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
 
 class StoreFeed:
@@ -65,7 +73,7 @@ class StoreFeed:
                 backoff = Backoff(most=DB_RETRY_MAX)
                 while True:
                     try:
-                        await self.store.off_loop(self.store.record_many, events, origins=origins)
+                        await self.store.off_loop(self.store.events.record_many, events, origins=origins)
                         break
                     except Exception as exc:          # the database: down, locked, restarting
                         outage.failed(exc, f" ({len(events)} events, first {origins[0]})")

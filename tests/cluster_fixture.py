@@ -331,7 +331,7 @@ class Cluster:
     def stored_events(self, call_id: str) -> list[tuple[int, dict[str, Any]]]:
         store = self.open_store()
         try:
-            return list(store.events_since(0, call_ids=[call_id]))
+            return list(store.events.events_since(0, call_ids=[call_id]))
         finally:
             store.close()
 

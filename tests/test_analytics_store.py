@@ -29,7 +29,7 @@ READING = {"complaint_type": {"key": "venting", "name": "泄愤型", "confidence
 
 def _ended_call(store: Store, call_id: str, endpoint: str = "PJSIP/1001", started: float | None = None) -> None:
     started = time.time() if started is None else started
-    store.record_many([CallStarted(call_id, at=started), AgentJoined(call_id, endpoint, at=started + 1),
+    store.events.record_many([CallStarted(call_id, at=started), AgentJoined(call_id, endpoint, at=started + 1),
                        CallEnded(call_id, 30.0, at=started + 30)])
 
 
@@ -57,7 +57,7 @@ def test_analytics_go_with_the_call_when_it_is_purged(tmp_path):
         _ended_call(store, "new")
         for call_id in ("old", "new"):
             store.analytics.save_stats(call_id, STATS)
-        assert store.purge(5) == 1
+        assert store.retention.purge(5) == 1
         assert store.analytics.get("old") is None and store.analytics.get("new") is not None
         rows = store.db._db.execute("SELECT call_id FROM call_analytics").fetchall()
         assert [r[0] for r in rows] == ["new"]
@@ -86,7 +86,7 @@ async def test_post_call_pass_stores_the_analytics_of_a_real_recording(tmp_path)
     recording = tmp_path / "call.wav"
     write_wav(recording, [call.legs["customer"], call.legs["agent"]])
     bus, store = EventBus(), Store(tmp_path / "db.sqlite")
-    recorder = asyncio.create_task(store.run(bus))
+    recorder = asyncio.create_task(store.events.run(bus))
     post_call = PostCallPass(None, Matcher(load_playbook()), bus, save_stats=store.analytics.save_stats,
                              analytics=load_config(env={}).analytics)
     worker = asyncio.create_task(post_call.run())

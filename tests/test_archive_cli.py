@@ -72,7 +72,7 @@ def test_an_imported_recording_is_an_archived_call(store: Store, recording: Path
     assert imported.recording.read_bytes() == recording.read_bytes()
     assert not list(store.recordings_dir.glob("*.part"))
 
-    call = store.get_call(imported.call_id)
+    call = store.calls.get_call(imported.call_id)
     assert call["source"] == "import" and call["status"] == "ended"
     assert call["started_at"] == 1_700_000_000 and call["duration"] == pytest.approx(6.5)
     assert call["agent_endpoint"] == "PJSIP/1001" and call["recording_path"] == str(imported.recording)
@@ -82,10 +82,10 @@ def test_an_imported_recording_is_an_archived_call(store: Store, recording: Path
     assert call["risk"] == "critical"
     assert imported.line().endswith("(6.5 s, 2 utterances, 1 cards (regulator_complaint))")
 
-    types = [e["type"] for _, e in store.events_since(0)]
+    types = [e["type"] for _, e in store.events.events_since(0)]
     assert types == ["CallStarted", "AgentJoined", "TranscriptUpdate", "CardFired",
                      "TranscriptUpdate", "CallEnded"]
-    assert store.list_calls(text="工信部投诉")[0]["call_id"] == imported.call_id
+    assert store.calls.list_calls(text="工信部投诉")[0]["call_id"] == imported.call_id
 
     adherence = assess_call(call, playbook, window=30.0)
     assert adherence.cards[0].followed and "理解您的心情" in adherence.cards[0].said
@@ -94,9 +94,9 @@ def test_an_imported_recording_is_an_archived_call(store: Store, recording: Path
 def test_importing_the_same_recording_twice_changes_nothing(store: Store, recording: Path, engine,
                                                            playbook) -> None:
     first = import_recording(store, recording, engine, Matcher(playbook))
-    seq = store.last_seq()
+    seq = store.events.last_seq()
     again = import_recording(store, recording, engine, Matcher(playbook))
-    assert again.already and again.call_id == first.call_id and store.last_seq() == seq
+    assert again.already and again.call_id == first.call_id and store.events.last_seq() == seq
     assert "already in the archive" in again.line()
 
 
@@ -108,7 +108,7 @@ def test_a_file_that_is_not_audio_leaves_nothing_behind(store: Store, tmp_path: 
         import_recording(store, junk, engine, Matcher(playbook))
     with pytest.raises(AudioError, match="no such file"):
         import_recording(store, tmp_path / "missing.wav", engine, Matcher(playbook))
-    assert store.list_calls() == []
+    assert store.calls.list_calls() == []
     assert not store.recordings_dir.exists() or not any(store.recordings_dir.iterdir())
 
 
@@ -123,7 +123,7 @@ def test_a_directory_or_a_too_short_file_is_refused_as_analyze_refuses_it(
     write_wav(blip, [voiced(0.1)])
     with pytest.raises(InputError, match=r"only 0\.10 s of audio"):
         import_recording(store, blip, engine, Matcher(playbook))
-    assert store.list_calls() == []
+    assert store.calls.list_calls() == []
     assert import_recording(store, recording, engine, Matcher(playbook)).call_id   # control
 
 
@@ -136,7 +136,7 @@ def test_a_truncated_wav_is_imported_with_a_warning(store: Store, tmp_path: Path
     cut.write_bytes(data[:len(data) * 2 // 3])
     imported = import_recording(store, cut, engine, Matcher(playbook))
     assert "truncated: the header announces 6.50 s of audio" in imported.line()
-    assert 4.0 < imported.duration < 4.5 and store.get_call(imported.call_id) is not None
+    assert 4.0 < imported.duration < 4.5 and store.calls.get_call(imported.call_id) is not None
     whole = import_recording(store, recording, engine, Matcher(playbook))        # control
     assert "warning" not in whole.line()
 
@@ -163,7 +163,7 @@ def test_the_command_reports_each_file_and_fails_at_the_end(tmp_path: Path, reco
     assert archive_cli.import_files(args) == 0
     assert "already in the archive" in capsys.readouterr().out
     with Store(tmp_path / "data" / "callassist.db") as s:
-        assert len(s.list_calls()) == 1
+        assert len(s.calls.list_calls()) == 1
 
 
 def test_the_command_without_an_engine_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -257,9 +257,9 @@ def test_call_reading_event_round_trips_and_is_stored(tmp_path, matcher):
     assert event_from_dict(wire) == event
     store = open_store(make_config(tmp_path))
     try:
-        store.record(CallStarted("c-1", at=1.0))
-        seq = store.record(event)
-        stored = [e for s, e in store.events_since(0) if s == seq]
+        store.events.record(CallStarted("c-1", at=1.0))
+        seq = store.events.record(event)
+        stored = [e for s, e in store.events.events_since(0) if s == seq]
         assert stored and stored[0]["reading"]["complaint_type"]["key"] == "extortion"
     finally:
         store.close()
@@ -273,7 +273,7 @@ def card(card_id: str, category: str, severity: str, utterance: int, text: str) 
 async def _run_live(tmp_path: Path, interval: float):
     store = open_store(make_config(tmp_path))
     bus = EventBus()
-    recorder = asyncio.create_task(store.run(bus))
+    recorder = asyncio.create_task(store.events.run(bus))
     reader = LiveReader(bus.publish, store, interval=interval)
     follower = asyncio.create_task(reader.run(bus))
     seen: list[CallReadingUpdated] = []
@@ -303,7 +303,7 @@ async def test_live_reader_waits_for_three_turns_reads_at_most_once_per_interval
         publish_line(bus, "live-1", 0, LIVE_LINES[0])
         publish_line(bus, "live-1", 1, LIVE_LINES[1])
         bus.publish(CardFired("live-1", card("k1", "mental_distress_compensation", "warning", 1, LIVE_LINES[1])))
-        await until(lambda: len(store.events_since(0)) >= 4)
+        await until(lambda: len(store.events.events_since(0)) >= 4)
         assert seen == [], "two customer turns: not read yet"
         publish_line(bus, "live-1", 2, LIVE_LINES[2])          # the third: read now
         bus.publish(CardFired("live-1", card("k2", "extortion", "critical", 2, LIVE_LINES[2])))
@@ -312,7 +312,7 @@ async def test_live_reader_waits_for_three_turns_reads_at_most_once_per_interval
         publish_line(bus, "live-1", 4, LIVE_LINES[4])
         live = reader.calls["live-1"]
         await until(lambda: live.customer_turns == 5 and live.dirty)   # changes after the reading
-        await until(lambda: len(store.events_since(0)) >= 9)   # every line and card recorded
+        await until(lambda: len(store.events.events_since(0)) >= 9)   # every line and card recorded
         assert len(seen) == 1, "within the interval the changes wait"
         assert seen[0].reading["final"] is False and seen[0].reading["customer_turns"] >= 3
         bus.publish(CallEnded("live-1", 20.0))

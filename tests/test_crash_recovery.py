@@ -47,7 +47,7 @@ CRASHING_APP = textwrap.dedent("""
         store = Store(Path(data_dir) / "callassist.db")
         store.recordings_dir.mkdir(exist_ok=True)
         bus = EventBus()
-        recording = asyncio.create_task(store.run(bus))
+        recording = asyncio.create_task(store.events.run(bus))
         app = AriApp(config, bus, None, store.recordings_dir)
         await app.start()
         await app.wait_ready(10)
@@ -129,18 +129,18 @@ async def test_call_killed_mid_recording_is_closed_out_with_its_recording(
 
     # The link exists from the moment the recording opened: the crash could not lose it.
     with Store(data_dir / "callassist.db") as before:
-        (row,) = before.live_calls()
+        (row,) = before.calls.live_calls()
         call_id = row["call_id"]
-        assert before.get_call(call_id)["recording_path"] == str(final)
+        assert before.calls.get_call(call_id)["recording_path"] == str(final)
 
     await wait_until(lambda: time.time() - killed_at >= DOWNTIME, what="the downtime")
     store = await asyncio.to_thread(startup_recovery, data_dir)
     try:
-        call = store.get_call(call_id)
-        assert call["status"] == "ended" and store.live_calls() == []
+        call = store.calls.get_call(call_id)
+        assert call["status"] == "ended" and store.calls.live_calls() == []
         assert any("restarted" in f["problem"] for f in call["faults"])
         assert call["recording_path"] == str(final)
-        assert store.recording_file(call["recording_path"]) == final.resolve()  # QA's player
+        assert store.recordings.file(call["recording_path"]) == final.resolve()  # QA's player
         assert not Path(str(final) + ".partial.wav").exists()
 
         # Readable by a strict reader, and every frame that reached the disk is in it.
@@ -159,10 +159,10 @@ async def test_call_killed_mid_recording_is_closed_out_with_its_recording(
         assert wall_seconds - audio_seconds >= DOWNTIME - 0.2   # control: a wall-clock duration fails
 
         # Retention deletes the recording with its call (control: not before its time).
-        assert store.purge(retention_days=1, now=call["started_at"] + 0.5 * 86400) == 0
+        assert store.retention.purge(retention_days=1, now=call["started_at"] + 0.5 * 86400) == 0
         assert final.exists()
-        assert store.purge(retention_days=1, now=call["started_at"] + 2 * 86400) == 1
-        assert not final.exists() and store.get_call(call_id) is None
+        assert store.retention.purge(retention_days=1, now=call["started_at"] + 2 * 86400) == 1
+        assert not final.exists() and store.calls.get_call(call_id) is None
     finally:
         store.close()
 
@@ -179,16 +179,16 @@ def test_unlinked_recording_is_found_by_its_call_id(tmp_path: Path) -> None:
     recorder.write("agent", customer_voice(1.25).tobytes())
     recorder.flush()
     with Store(data_dir / "callassist.db") as store:
-        store.record(CallStarted("1732.7;2", at=time.time() - 600))
+        store.events.record(CallStarted("1732.7;2", at=time.time() - 600))
     store = startup_recovery(data_dir)
     try:
-        call = store.get_call("1732.7;2")
+        call = store.calls.get_call("1732.7;2")
         assert call["recording_path"] == str(recorder.path)
         assert call["duration"] == pytest.approx(1.25, abs=0.01)
         # control: a call that never recorded gets no file, and lasts until its last event
-        store.record(CallStarted("never-recorded", at=time.time() - 600))
-        assert store.close_interrupted_calls() == 1
-        assert store.get_call("never-recorded")["recording_path"] is None
+        store.events.record(CallStarted("never-recorded", at=time.time() - 600))
+        assert store.recovery.close_interrupted_calls() == 1
+        assert store.calls.get_call("never-recorded")["recording_path"] is None
     finally:
         store.close()
 
@@ -239,10 +239,10 @@ def test_damaged_recording_is_reported_and_kept(tmp_path: Path) -> None:
     junk = data_dir / "recordings" / "x.wav"
     junk.write_bytes(b"not a wav file at all, but someone's data" * 3)
     with Store(data_dir / "callassist.db") as store:
-        store.record(CallStarted("x", at=time.time() - 60, recording=str(junk)))
+        store.events.record(CallStarted("x", at=time.time() - 60, recording=str(junk)))
     store = startup_recovery(data_dir)
     try:
-        call = store.get_call("x")
+        call = store.calls.get_call("x")
         assert call["status"] == "ended"
         assert any("recording not recovered" in f["problem"] for f in call["faults"])
         assert junk.read_bytes() == b"not a wav file at all, but someone's data" * 3

@@ -22,7 +22,7 @@ async def test_recording_is_retranscribed_and_replaces_the_live_transcript(tmp_p
     accurate = ScriptedEngine({"customer": [ScriptedUtterance("我 要 去 工信部 投诉 你们", 0.5, 2.0)],
                                "agent": [ScriptedUtterance("您好 请 讲", 0.1, 0.4)]})
     bus, store = EventBus(), Store(tmp_path / "db.sqlite")
-    recorder = asyncio.create_task(store.run(bus))
+    recorder = asyncio.create_task(store.events.run(bus))
     transcriber = PostCallPass(lambda: accurate, Matcher(load_playbook()), bus)
     worker = asyncio.create_task(transcriber.run())
     revised = bus.subscribe()
@@ -35,8 +35,8 @@ async def test_recording_is_retranscribed_and_replaces_the_live_transcript(tmp_p
 
     assert [(line.speaker, line.text) for line in event.lines] == [
         ("agent", "您好 请 讲"), ("customer", "我 要 去 工信部 投诉 你们")]
-    assert [u["text"] for u in store.get_call("c1")["utterances"]] == ["您好 请 讲", "我 要 去 工信部 投诉 你们"]
-    assert store.list_calls(text="工信部投诉"), "search finds the accurate transcript"
+    assert [u["text"] for u in store.calls.get_call("c1")["utterances"]] == ["您好 请 讲", "我 要 去 工信部 投诉 你们"]
+    assert store.calls.list_calls(text="工信部投诉"), "search finds the accurate transcript"
     for task in (worker, recorder):
         task.cancel()
 

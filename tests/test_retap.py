@@ -54,7 +54,7 @@ CRASHING_RUN = textwrap.dedent("""
         store = Store(Path(data_dir) / "callassist.db")
         store.recordings_dir.mkdir(exist_ok=True)
         bus = EventBus()
-        recording = asyncio.create_task(store.run(bus))
+        recording = asyncio.create_task(store.events.run(bus))
         app = make_app(url, store.recordings_dir, bus, fmt, 43000, user, password)
         await app.start()
         await app.wait_ready(10)
@@ -84,7 +84,7 @@ def recorded_seconds(path: Path) -> float:
 
 def customer_lines(db: Path, call_id: str) -> list[tuple[int, str, float]]:
     with Store(db) as store:
-        return [(u["utterance"], u["text"], u["start"]) for u in store.get_call(call_id)["utterances"]
+        return [(u["utterance"], u["text"], u["start"]) for u in store.calls.get_call(call_id)["utterances"]
                 if u["speaker"] == "customer"]
 
 
@@ -104,7 +104,7 @@ async def restart_as_serve_does(db: Path) -> AsyncIterator[Restart]:
     store = Store(db)
     bus = EventBus()
     async with kept_events(bus) as events:
-        recorder = asyncio.create_task(store.run(bus))
+        recorder = asyncio.create_task(store.events.run(bus))
         try:
             yield Restart(store, bus, events, StartupRecovery(store))
         finally:
@@ -189,9 +189,9 @@ async def test_call_still_up_after_a_crash_is_tapped_again(peer: AriPeer, tmp_pa
             # a call that starts now, before the leftovers are closed out, is not one of them
             fresh = peer.start_call(speech(60), None, agent_endpoint=None)
             await wait_until(lambda: fresh.customer.id in app.calls and
-                             store.get_call(fresh.customer.id) is not None, what="a new call")
+                             store.calls.get_call(fresh.customer.id) is not None, what="a new call")
             assert await recovery.close_out_after_resume(app) == 1
-            assert store.get_call(fresh.customer.id)["status"] == "live"
+            assert store.calls.get_call(fresh.customer.id)["status"] == "live"
 
             # Tapped again, not swept: new snoops on both parties, the dead run's objects gone.
             assert app.resumed == {call_id}
@@ -202,15 +202,15 @@ async def test_call_still_up_after_a_crash_is_tapped_again(peer: AriPeer, tmp_pa
             channels, bridges = peer.our_objects()
             assert not old_objects & (set(channels) | set(bridges))
             # the call that ended while we were down: closed out, with its recording (control)
-            ended = store.get_call(ended_id)
+            ended = store.calls.get_call(ended_id)
             assert ended["status"] == "ended" and ended["recording_path"]
-            assert store.get_call(call_id)["status"] == "live"
+            assert store.calls.get_call(call_id)["status"] == "live"
 
             # The gap is in the call's record: which seconds of the call were not heard.
             gap_from, gap_to = restart_gap(events)
             assert abs(gap_from - heard_before) <= 0.1
             assert DOWNTIME <= gap_to - gap_from <= (back - killed) + (gap_from - heard_before) + 1.0
-            assert any("restarted" in f["problem"] for f in store.get_call(call_id)["faults"])
+            assert any("restarted" in f["problem"] for f in store.calls.get_call(call_id)["faults"])
 
             # Transcription goes on, after the gap, without overwriting what came before.
             await wait_until(lambda: len(customer_lines(db, call_id)) >= len(lines_before) + 2,
@@ -222,13 +222,13 @@ async def test_call_still_up_after_a_crash_is_tapped_again(peer: AriPeer, tmp_pa
             # The recording goes on in the same file; then the call ends.
             await wait_until(lambda: recorded_seconds(live) >= gap_to + 2.0, what="recording continued")
             await peer.hangup(call)
-            await wait_until(lambda: store.get_call(call_id)["status"] == "ended", what="the call's end")
+            await wait_until(lambda: store.calls.get_call(call_id)["status"] == "ended", what="the call's end")
             assert any(isinstance(e, CallEnded) and e.call_id == call_id for e in events)
         finally:
             await app.stop()
 
     try:
-        final = store.get_call(call_id)
+        final = store.calls.get_call(call_id)
         path = Path(final["recording_path"])
         assert path.name == f"{call_id}.{fmt}" and not Path(str(path) + ".partial.wav").exists()
         audio, rate = sf.read(str(path), dtype="int16", always_2d=True)
@@ -405,13 +405,13 @@ async def test_serve_killed_mid_call_taps_it_again_and_closes_out_the_call_that_
 
         def closed_out() -> bool:
             with Store(db) as store:
-                return store.get_call(ended_id)["status"] == "ended"
+                return store.calls.get_call(ended_id)["status"] == "ended"
         await wait_until(closed_out, timeout=30, what="the ended call closed out")
         with Store(db) as store:
-            ended = store.get_call(ended_id)
+            ended = store.calls.get_call(ended_id)
             assert ended["recording_path"] == str(ended_wav)
             assert abs(ended["duration"] - ended_audio) <= 0.1
-            resumed = store.get_call(call_id)
+            resumed = store.calls.get_call(call_id)
             assert resumed["status"] == "live"                     # control: not closed out
             (fault,) = [f for f in resumed["faults"] if "restarted" in f["problem"]]
         gap_from, gap_to = map(float, re.search(r"from ([\d.]+) s to ([\d.]+) s", fault["problem"]).groups())
@@ -423,13 +423,13 @@ async def test_serve_killed_mid_call_taps_it_again_and_closes_out_the_call_that_
 
         def ended_now() -> bool:
             with Store(db) as store:
-                return store.get_call(call_id)["status"] == "ended"
+                return store.calls.get_call(call_id)["status"] == "ended"
         await wait_until(ended_now, timeout=30, what="the resumed call's end")
     finally:
         code = await second.stop()
     assert code == 0, second.output()
     with Store(db) as store:
-        final = store.get_call(call_id)
+        final = store.calls.get_call(call_id)
     audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
     assert final["recording_path"] == str(wav) and rate == RATE
     assert abs(len(audio) / RATE - final["duration"]) <= 0.5
@@ -508,10 +508,10 @@ async def test_call_on_real_asterisk_is_tapped_again_after_a_crash(asterisk, tmp
                     await network.hangup(call_id)
                     await wait_until(lambda: any(isinstance(e, CallEnded) and e.call_id == call_id for e in events),
                                      timeout=20, what="the call's end")
-                    await wait_until(lambda: store.get_call(call_id)["status"] == "ended", what="stored end")
+                    await wait_until(lambda: store.calls.get_call(call_id)["status"] == "ended", what="stored end")
                 finally:
                     await app.stop()
-            final = store.get_call(call_id)
+            final = store.calls.get_call(call_id)
             store.close()
         finally:
             if proc.returncode is None:

@@ -80,7 +80,7 @@ def scalar(store: Store, sql: str, *params: object) -> object:
 async def delivered(store: Store) -> None:
     """Until every committed event has reached the listeners' queues: at once on SQLite
     (the committing thread hands them over), through the follower on PostgreSQL."""
-    target = store.last_seq()
+    target = store.events.last_seq()
     follower = store.events.follower
     if follower is not None:
         for _ in range(1000):
@@ -105,14 +105,14 @@ def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path: Path) -> None
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"users", "user_endpoints", "calls", "events", "utterances", "utterances_fts", "cards",
             "reviews", "sessions", "login_attempts"} <= tables
-    s.record_many(simple_call("c1"))
+    s.events.record_many(simple_call("c1"))
     assert (tmp_path / "callassist.db-wal").exists()
     assert path.stat().st_mode & 0o077 == 0                                    # owner only
     s.close()
 
     again = Store(path)                                                        # no migration re-run
     assert again.schema_version == MIGRATIONS[-1].version
-    assert again.get_call("c1")["status"] == "ended"
+    assert again.calls.get_call("c1")["status"] == "ended"
     again.close()
 
 
@@ -149,13 +149,13 @@ def test_cards_keep_how_they_fired_and_older_databases_gain_the_columns(tmp_path
 
     s = Store(path)
     assert s.schema_version == MIGRATIONS[-1].version
-    before = s.get_card("k-old")
+    before = s.calls.get_card("k-old")
     assert (before["heard"], before["via"], before["phrase"]) == ("", "", "工信部投诉")
     heard = dataclasses.replace(make_card("k-new", text="我要去公信不投诉"), phrase="工信部",
                                 heard="公信不", via="pinyin")
-    s.record_many(simple_call("after", at=T0 + 100, cards=(heard,)))
-    s.record(CardConfirmed("after", "k-new", "我要去公信不投诉你们", 3.5, at=T0 + 104))
-    card = s.get_call("after")["cards"][0]
+    s.events.record_many(simple_call("after", at=T0 + 100, cards=(heard,)))
+    s.events.record(CardConfirmed("after", "k-new", "我要去公信不投诉你们", 3.5, at=T0 + 104))
+    card = s.calls.get_call("after")["cards"][0]
     assert (card["heard"], card["via"], card["phrase"]) == ("公信不", "pinyin", "工信部")
     assert card["text"] == "我要去公信不投诉你们" and card["confirmed"]
     s.close()
@@ -204,10 +204,10 @@ def test_a_full_call_is_recorded_and_read_back(store: Store) -> None:
         CallFault("call-1", "agent leg RTP stopped", at=T0 + 20),
         CallEnded("call-1", 42.5, recording="/data/recordings/call-1.wav", at=T0 + 42.5),
     ]
-    seqs = [store.record(e) for e in events]
+    seqs = [store.events.record(e) for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
-    call = store.get_call("call-1")
+    call = store.calls.get_call("call-1")
     assert call["status"] == "ended" and call["duration"] == 42.5 and call["source"] == "ari"
     assert call["caller"] == "13800000000" and call["started_at"] == T0 and call["ended_at"] == T0 + 42.5
     assert call["agent_endpoint"] == "PJSIP/1001" and call["agents"] == ["PJSIP/1001"]
@@ -226,91 +226,91 @@ def test_a_full_call_is_recorded_and_read_back(store: Store) -> None:
     assert call["review"] is None
 
     # interim transcripts: only the latest per utterance is kept, and none once final
-    types = [e["type"] for _, e in store.events_since(0)]
+    types = [e["type"] for _, e in store.events.events_since(0)]
     assert "TranscriptUpdate" in types
-    assert not any(e["type"] == "TranscriptUpdate" and not e["final"] for _, e in store.events_since(0))
+    assert not any(e["type"] == "TranscriptUpdate" and not e["final"] for _, e in store.events.events_since(0))
     assert len(types) == len(events) - 2
 
 
 def test_only_the_latest_interim_of_an_utterance_is_kept(store: Store) -> None:
-    store.record(CallStarted("c", at=T0))
+    store.events.record(CallStarted("c", at=T0))
     for i, text in enumerate(["我", "我 要", "我 要 投诉"]):
-        store.record(TranscriptUpdate("c", "customer", 0, text, 0.0, 0.5 * (i + 1), False, at=T0 + i))
-    store.record(TranscriptUpdate("c", "agent", 0, "您 好", 0.0, 0.5, False, at=T0 + 3))
-    partials = [(e["speaker"], e["text"]) for _, e in store.events_since(0)
+        store.events.record(TranscriptUpdate("c", "customer", 0, text, 0.0, 0.5 * (i + 1), False, at=T0 + i))
+    store.events.record(TranscriptUpdate("c", "agent", 0, "您 好", 0.0, 0.5, False, at=T0 + 3))
+    partials = [(e["speaker"], e["text"]) for _, e in store.events.events_since(0)
                 if e["type"] == "TranscriptUpdate"]
     assert partials == [("customer", "我 要 投诉"), ("agent", "您 好")]
-    assert store.get_call("c")["utterances"] == []        # interim results are not utterances
+    assert store.calls.get_call("c")["utterances"] == []        # interim results are not utterances
 
 
 def test_the_same_card_fired_twice_is_one_card_and_one_event(store: Store) -> None:
-    store.record(CallStarted("c", at=T0))
+    store.events.record(CallStarted("c", at=T0))
     card = make_card("dup", "lawsuit_threat", "warning")
-    first = store.record(CardFired("c", card, at=T0 + 1))
-    again = store.record(CardFired("c", card, at=T0 + 2))
+    first = store.events.record(CardFired("c", card, at=T0 + 1))
+    again = store.events.record(CardFired("c", card, at=T0 + 2))
     assert again == first
-    assert len(store.get_call("c")["cards"]) == 1
-    assert sum(e["type"] == "CardFired" for _, e in store.events_since(0)) == 1
+    assert len(store.calls.get_call("c")["cards"]) == 1
+    assert sum(e["type"] == "CardFired" for _, e in store.events.events_since(0)) == 1
     # a later, confirmed copy of a card fired on a partial does upgrade it (and is stored)
-    confirmed = store.record(CardFired("c", make_card("dup", "lawsuit_threat", "warning",
+    confirmed = store.events.record(CardFired("c", make_card("dup", "lawsuit_threat", "warning",
                                                       confirmed=True), at=T0 + 3))
     assert confirmed > first
-    assert store.get_call("c")["cards"][0]["status"] == "confirmed"
+    assert store.calls.get_call("c")["cards"][0]["status"] == "confirmed"
 
 
 def test_events_of_a_call_whose_start_was_not_seen_are_kept(store: Store) -> None:
-    store.record(CallFault("orphan", "snoop failed", at=T0 + 5))
-    store.record(CallEnded("orphan", 5.0, at=T0 + 5))
-    call = store.get_call("orphan")
+    store.events.record(CallFault("orphan", "snoop failed", at=T0 + 5))
+    store.events.record(CallEnded("orphan", 5.0, at=T0 + 5))
+    call = store.calls.get_call("orphan")
     assert call["status"] == "ended" and call["started_at"] == T0 + 5
 
 
 def test_call_start_is_the_earliest_seen(store: Store) -> None:
-    store.record(AgentJoined("c", "PJSIP/1001", at=T0 + 2))          # before its CallStarted
-    store.record(CallStarted("c", caller="110", at=T0))
-    store.record(CallStarted("c", caller="110", at=T0 + 9))          # repeated
-    call = store.get_call("c")
+    store.events.record(AgentJoined("c", "PJSIP/1001", at=T0 + 2))          # before its CallStarted
+    store.events.record(CallStarted("c", caller="110", at=T0))
+    store.events.record(CallStarted("c", caller="110", at=T0 + 9))          # repeated
+    call = store.calls.get_call("c")
     assert call["started_at"] == T0 and call["caller"] == "110" and call["agent_endpoint"] == "PJSIP/1001"
 
 
 def test_close_interrupted_calls(store: Store) -> None:
-    store.record_many(simple_call("live", ended=False))
-    store.record_many(simple_call("done"))
-    assert store.close_interrupted_calls(now=T0 + 100) == 1
-    call = store.get_call("live")
+    store.events.record_many(simple_call("live", ended=False))
+    store.events.record_many(simple_call("done"))
+    assert store.recovery.close_interrupted_calls(now=T0 + 100) == 1
+    call = store.calls.get_call("live")
     # no recording: the call lasted until its last stored event, not until the restart
     assert call["status"] == "ended" and call["duration"] == 2.0
     assert "restarted" in call["faults"][0]["problem"]
-    assert store.live_calls() == []
+    assert store.calls.live_calls() == []
 
 
 def test_record_many_is_all_or_nothing(store: Store) -> None:
     with pytest.raises(TypeError):
-        store.record_many([CallStarted("atomic", at=T0), "not an event"])   # type: ignore[list-item]
-    assert store.get_call("atomic") is None and store.events_since(0) == []
+        store.events.record_many([CallStarted("atomic", at=T0), "not an event"])   # type: ignore[list-item]
+    assert store.calls.get_call("atomic") is None and store.events.events_since(0) == []
 
 
 # --- the live feed --------------------------------------------------------------------
 
 def test_events_since_orders_and_filters(store: Store) -> None:
     for call_id, at in (("a", T0), ("b", T0 + 1)):
-        store.record_many(simple_call(call_id, at=at, texts=("一", "二")))
-    everything = store.events_since(0)
+        store.events.record_many(simple_call(call_id, at=at, texts=("一", "二")))
+    everything = store.events.events_since(0)
     seqs = [seq for seq, _ in everything]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     middle = seqs[3]
-    assert [s for s, _ in store.events_since(middle)] == seqs[4:]
-    only_b = store.events_since(0, call_ids=["b"])
+    assert [s for s, _ in store.events.events_since(middle)] == seqs[4:]
+    only_b = store.events.events_since(0, call_ids=["b"])
     assert only_b and all(e["call_id"] == "b" for _, e in only_b)
-    assert store.events_since(0, call_ids=[]) == []
-    assert store.events_since(0, limit=2) == everything[:2]
-    assert store.last_seq() == seqs[-1]
+    assert store.events.events_since(0, call_ids=[]) == []
+    assert store.events.events_since(0, limit=2) == everything[:2]
+    assert store.events.last_seq() == seqs[-1]
 
 
 async def test_listeners_hear_an_event_only_after_it_is_committed(sqlite_store: Store) -> None:
     store = sqlite_store
     other = sqlite3.connect(store.path)                  # what another reader can see
-    listener = store.listen()
+    listener = store.events.listen()
     seen_committed: list[bool] = []
     offer = listener.offer
 
@@ -321,21 +321,21 @@ async def test_listeners_hear_an_event_only_after_it_is_committed(sqlite_store: 
         offer(item)
 
     listener.offer = checking_offer                       # type: ignore[method-assign]
-    store.record_many(simple_call("c"))
+    store.events.record_many(simple_call("c"))
     assert seen_committed and all(seen_committed)
     items = [listener.get_nowait() for _ in range(listener.qsize())]
-    assert items == store.events_since(0)
-    store.unlisten(listener)
-    store.record(CallFault("c", "x", at=T0))
+    assert items == store.events.events_since(0)
+    store.events.unlisten(listener)
+    store.events.record(CallFault("c", "x", at=T0))
     assert listener.empty()
     other.close()
 
 
 async def test_catch_up_then_live_has_no_gaps_or_duplicates(store: Store) -> None:
-    store.record_many(simple_call("before", texts=("一", "二", "三")))
-    listener = store.listen()
-    caught_up = store.events_since(0)
-    store.record_many(simple_call("after", at=T0 + 100))
+    store.events.record_many(simple_call("before", texts=("一", "二", "三")))
+    listener = store.events.listen()
+    caught_up = store.events.events_since(0)
+    store.events.record_many(simple_call("after", at=T0 + 100))
     await delivered(store)
     last = caught_up[-1][0]
     sent = [seq for seq, _ in caught_up]
@@ -344,21 +344,21 @@ async def test_catch_up_then_live_has_no_gaps_or_duplicates(store: Store) -> Non
         if seq > last:
             sent.append(seq)
             last = seq
-    assert sent == [seq for seq, _ in store.events_since(0)]
+    assert sent == [seq for seq, _ in store.events.events_since(0)]
 
 
 async def test_a_bounded_listener_drops_its_oldest_and_counts(store: Store) -> None:
-    listener = store.listen(maxsize=2)
-    store.record_many(simple_call("c", texts=("一", "二", "三")))
+    listener = store.events.listen(maxsize=2)
+    store.events.record_many(simple_call("c", texts=("一", "二", "三")))
     await delivered(store)
-    assert listener.qsize() == 2 and listener.dropped == len(store.events_since(0)) - 2
-    assert [listener.get_nowait()[0] for _ in range(2)] == [s for s, _ in store.events_since(0)][-2:]
+    assert listener.qsize() == 2 and listener.dropped == len(store.events.events_since(0)) - 2
+    assert [listener.get_nowait()[0] for _ in range(2)] == [s for s, _ in store.events.events_since(0)][-2:]
 
 
 async def test_run_records_every_bus_event_published_after_it_is_called(store: Store) -> None:
     bus = EventBus()
-    listener = store.listen()
-    task = asyncio.create_task(store.run(bus))
+    listener = store.events.listen()
+    task = asyncio.create_task(store.events.run(bus))
     for event in simple_call("bus-call", texts=("我要投诉", "您好")):    # before the task ran
         bus.publish(event)
     received = [await asyncio.wait_for(listener.get(), 5) for _ in range(5)]
@@ -368,19 +368,19 @@ async def test_run_records_every_bus_event_published_after_it_is_called(store: S
     assert bus.subscriber_count == 0
     assert [e["type"] for _, e in received] == ["CallStarted", "AgentJoined", "TranscriptUpdate",
                                                 "TranscriptUpdate", "CallEnded"]
-    assert store.get_call("bus-call")["status"] == "ended"
+    assert store.calls.get_call("bus-call")["status"] == "ended"
 
 
 async def test_run_survives_an_event_it_cannot_store(store: Store, caplog) -> None:
     bus = EventBus()
-    listener = store.listen()
-    task = asyncio.create_task(store.run(bus))
+    listener = store.events.listen()
+    task = asyncio.create_task(store.events.run(bus))
     bus.publish("garbage")                                            # type: ignore[arg-type]
     bus.publish(CallStarted("fine", at=T0))
     _, stored = await asyncio.wait_for(listener.get(), 5)            # recorded by another thread
     assert stored["call_id"] == "fine"
     task.cancel()
-    assert store.get_call("fine") is not None
+    assert store.calls.get_call("fine") is not None
     assert "could not store" in caplog.text
 
 
@@ -389,31 +389,31 @@ async def test_run_waits_out_another_process_holding_the_database(tmp_path: Path
     other = sqlite3.connect(tmp_path / "db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")                        # e.g. a long `archive import`
     bus = EventBus()
-    listener = store.listen()
-    task = asyncio.create_task(store.run(bus))
+    listener = store.events.listen()
+    task = asyncio.create_task(store.events.run(bus))
     bus.publish(CallStarted("patient", at=T0))
     await asyncio.sleep(0.3)
     assert listener.empty()
     other.execute("COMMIT")
     seq, event = await asyncio.wait_for(listener.get(), 5)
-    assert event["call_id"] == "patient" and store.get_call("patient") is not None
+    assert event["call_id"] == "patient" and store.calls.get_call("patient") is not None
     task.cancel()
     other.close()
     store.close()
 
 
 async def test_records_from_a_worker_thread_reach_listeners_on_the_loop(store: Store) -> None:
-    listener = store.listen()
-    await asyncio.to_thread(store.record, CallStarted("threaded", at=T0))
+    listener = store.events.listen()
+    await asyncio.to_thread(store.events.record, CallStarted("threaded", at=T0))
     seq, event = await asyncio.wait_for(listener.get(), 5)
-    assert event["call_id"] == "threaded" and seq == store.last_seq()
+    assert event["call_id"] == "threaded" and seq == store.events.last_seq()
 
 
 def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
     a, b = Store(tmp_path / "db"), Store(tmp_path / "db")
-    a.record_many(simple_call("from-a"))
-    b.record_many(simple_call("from-b", at=T0 + 1))
-    assert {c["call_id"] for c in a.list_calls()} == {"from-a", "from-b"}
+    a.events.record_many(simple_call("from-a"))
+    b.events.record_many(simple_call("from-b", at=T0 + 1))
+    assert {c["call_id"] for c in a.calls.list_calls()} == {"from-a", "from-b"}
     a.close()
     b.close()
 
@@ -424,13 +424,13 @@ def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
 def archive(store: Store) -> Store:
     store.accounts.add_user("alice", "agent", "hash", "张丽", ["PJSIP/1001"])
     store.accounts.add_user("bob", "agent", "hash", "王波", ["PJSIP/1002", "PJSIP/2002"])
-    store.record_many(simple_call("c1", at=T0, endpoint="PJSIP/1001",
+    store.events.record_many(simple_call("c1", at=T0, endpoint="PJSIP/1001",
                                   texts=("您好", "我要去工信部 投诉你们"),
                                   cards=(make_card("c1-k", "regulator_complaint", "critical"),)))
-    store.record_many(simple_call("c2", at=T0 + 86400, endpoint="PJSIP/1002",
+    store.events.record_many(simple_call("c2", at=T0 + 86400, endpoint="PJSIP/1002",
                                   texts=("您好", "话费 怎么 这么 高"),
                                   cards=(make_card("c2-k", "bill_shock", "warning", text="话费怎么这么高"),)))
-    store.record_many(simple_call("c3", at=T0 + 2 * 86400, endpoint="PJSIP/2002",
+    store.events.record_many(simple_call("c3", at=T0 + 2 * 86400, endpoint="PJSIP/2002",
                                   texts=("您好", "網絡 信號 很差"), ended=False))
     return store
 
@@ -440,7 +440,7 @@ def ids(calls: list[dict]) -> list[str]:
 
 
 def test_list_calls_newest_first_with_card_summary(archive: Store) -> None:
-    calls = archive.list_calls()
+    calls = archive.calls.list_calls()
     assert ids(calls) == ["c3", "c2", "c1"]
     c1 = calls[2]
     assert c1["categories"] == ["regulator_complaint"] and c1["max_severity"] == "critical"
@@ -450,54 +450,54 @@ def test_list_calls_newest_first_with_card_summary(archive: Store) -> None:
 
 
 def test_list_calls_filters(archive: Store) -> None:
-    assert ids(archive.list_calls(endpoints=["PJSIP/1001"])) == ["c1"]
-    assert ids(archive.list_calls(endpoints=[])) == []
-    assert ids(archive.list_calls(agent="bob")) == ["c3", "c2"]               # a username
-    assert ids(archive.list_calls(agent="PJSIP/1001")) == ["c1"]              # an endpoint
-    assert ids(archive.list_calls(date_from=T0 + 3600)) == ["c3", "c2"]
-    assert ids(archive.list_calls(date_from=T0, date_to=T0 + 86400)) == ["c2", "c1"]
-    assert ids(archive.list_calls(category="bill_shock")) == ["c2"]
-    assert ids(archive.list_calls(severity="critical")) == ["c1"]
-    assert ids(archive.list_calls(status="live")) == ["c3"]
-    assert ids(archive.list_calls(status="ended")) == ["c2", "c1"]
-    assert ids(archive.list_calls(risk="warning")) == ["c2"]
-    assert ids(archive.list_calls(limit=1, offset=1)) == ["c2"]
-    assert archive.count_calls(status="ended") == 2 and archive.count_calls() == 3
-    assert ids(archive.live_calls()) == ["c3"]
+    assert ids(archive.calls.list_calls(endpoints=["PJSIP/1001"])) == ["c1"]
+    assert ids(archive.calls.list_calls(endpoints=[])) == []
+    assert ids(archive.calls.list_calls(agent="bob")) == ["c3", "c2"]               # a username
+    assert ids(archive.calls.list_calls(agent="PJSIP/1001")) == ["c1"]              # an endpoint
+    assert ids(archive.calls.list_calls(date_from=T0 + 3600)) == ["c3", "c2"]
+    assert ids(archive.calls.list_calls(date_from=T0, date_to=T0 + 86400)) == ["c2", "c1"]
+    assert ids(archive.calls.list_calls(category="bill_shock")) == ["c2"]
+    assert ids(archive.calls.list_calls(severity="critical")) == ["c1"]
+    assert ids(archive.calls.list_calls(status="live")) == ["c3"]
+    assert ids(archive.calls.list_calls(status="ended")) == ["c2", "c1"]
+    assert ids(archive.calls.list_calls(risk="warning")) == ["c2"]
+    assert ids(archive.calls.list_calls(limit=1, offset=1)) == ["c2"]
+    assert archive.calls.count_calls(status="ended") == 2 and archive.calls.count_calls() == 3
+    assert ids(archive.calls.live_calls()) == ["c3"]
     with pytest.raises(StoreError):
-        archive.list_calls(status="paused")
+        archive.calls.list_calls(status="paused")
 
 
 def test_a_transferred_call_is_visible_under_both_agents(archive: Store) -> None:
-    archive.record(AgentJoined("c3", "PJSIP/1001", at=T0 + 2 * 86400 + 30))
-    assert archive.get_call("c3")["agents"] == ["PJSIP/2002", "PJSIP/1001"]
-    assert ids(archive.list_calls(endpoints=["PJSIP/2002"])) == ["c3"]
-    assert ids(archive.list_calls(endpoints=["PJSIP/1001"])) == ["c3", "c1"]
+    archive.events.record(AgentJoined("c3", "PJSIP/1001", at=T0 + 2 * 86400 + 30))
+    assert archive.calls.get_call("c3")["agents"] == ["PJSIP/2002", "PJSIP/1001"]
+    assert ids(archive.calls.list_calls(endpoints=["PJSIP/2002"])) == ["c3"]
+    assert ids(archive.calls.list_calls(endpoints=["PJSIP/1001"])) == ["c3", "c1"]
 
 
 def test_chinese_full_text_search(archive: Store) -> None:
-    assert ids(archive.list_calls(text="工信部投诉")) == ["c1"]                # across an ASR space
-    assert ids(archive.list_calls(text="工信部 投訴")) == ["c1"]               # traditional, spaced
-    found = archive.list_calls(text="工信部投诉")[0]
+    assert ids(archive.calls.list_calls(text="工信部投诉")) == ["c1"]                # across an ASR space
+    assert ids(archive.calls.list_calls(text="工信部 投訴")) == ["c1"]               # traditional, spaced
+    found = archive.calls.list_calls(text="工信部投诉")[0]
     assert found["snippets"][0]["text"] == "我要去工信部 投诉你们"
-    assert ids(archive.list_calls(text="网络信号")) == ["c3"]                  # stored traditional
-    assert ids(archive.list_calls(text="话费")) == ["c2"]                      # 2 chars: LIKE
-    assert ids(archive.list_calls(text="您好")) == ["c3", "c2", "c1"]
-    assert ids(archive.list_calls(text="高")) == ["c2"]
-    assert archive.list_calls(text="消协投诉") == []
-    assert ids(archive.list_calls(text="  ")) == ["c3", "c2", "c1"]           # nothing to search
+    assert ids(archive.calls.list_calls(text="网络信号")) == ["c3"]                  # stored traditional
+    assert ids(archive.calls.list_calls(text="话费")) == ["c2"]                      # 2 chars: LIKE
+    assert ids(archive.calls.list_calls(text="您好")) == ["c3", "c2", "c1"]
+    assert ids(archive.calls.list_calls(text="高")) == ["c2"]
+    assert archive.calls.list_calls(text="消协投诉") == []
+    assert ids(archive.calls.list_calls(text="  ")) == ["c3", "c2", "c1"]           # nothing to search
     for odd in ('x"y%z_', "NEAR(a b)", "a_", "%", '"'):                    # no SQL/FTS syntax
-        assert archive.list_calls(text=odd) in ([], archive.list_calls())
-    assert archive.list_calls(text="a_") == []
-    assert ids(archive.list_calls(text="投诉", endpoints=["PJSIP/1002"])) == []
+        assert archive.calls.list_calls(text=odd) in ([], archive.calls.list_calls())
+    assert archive.calls.list_calls(text="a_") == []
+    assert ids(archive.calls.list_calls(text="投诉", endpoints=["PJSIP/1002"])) == []
 
 
 def test_fts_index_follows_updates_and_deletes(store: Store) -> None:
-    store.record(TranscriptUpdate("c", "customer", 0, "我要投诉到消协", 0, 1, True, at=T0))
-    assert ids(store.list_calls(text="投诉到消协")) == ["c"]
-    store.record(TranscriptUpdate("c", "customer", 0, "我要找律师起诉", 0, 1, True, at=T0 + 1))
-    assert store.list_calls(text="投诉到消协") == []
-    assert ids(store.list_calls(text="律师起诉")) == ["c"]
+    store.events.record(TranscriptUpdate("c", "customer", 0, "我要投诉到消协", 0, 1, True, at=T0))
+    assert ids(store.calls.list_calls(text="投诉到消协")) == ["c"]
+    store.events.record(TranscriptUpdate("c", "customer", 0, "我要找律师起诉", 0, 1, True, at=T0 + 1))
+    assert store.calls.list_calls(text="投诉到消协") == []
+    assert ids(store.calls.list_calls(text="律师起诉")) == ["c"]
     if store.engine == "sqlite":
         assert scalar(store, "SELECT count(*) FROM utterances_fts WHERE utterances_fts MATCH "
                              "'\"律师起诉\"'") == 1
@@ -507,27 +507,27 @@ def test_fts_index_follows_updates_and_deletes(store: Store) -> None:
 # --- cards, reviews, risk ---------------------------------------------------------------
 
 def test_card_acknowledgement_feedback_and_owner(archive: Store) -> None:
-    assert archive.card_call_id("c1-k") == "c1" and archive.card_call_id("nope") is None
-    assert archive.acknowledge_card("c1-k", "alice", at=T0 + 5)
-    assert archive.acknowledge_card("c1-k", "mallory", at=T0 + 6)         # first one is kept
-    assert not archive.acknowledge_card("nope", "alice")
-    assert archive.card_feedback("c1-k", "alice", helpful=False)
-    assert archive.card_feedback("c1-k", "alice", helpful=True)
-    assert not archive.card_feedback("nope", "alice", helpful=True)
-    card = archive.get_card("c1-k")
+    assert archive.calls.card_call_id("c1-k") == "c1" and archive.calls.card_call_id("nope") is None
+    assert archive.reviews.acknowledge_card("c1-k", "alice", at=T0 + 5)
+    assert archive.reviews.acknowledge_card("c1-k", "mallory", at=T0 + 6)         # first one is kept
+    assert not archive.reviews.acknowledge_card("nope", "alice")
+    assert archive.reviews.card_feedback("c1-k", "alice", helpful=False)
+    assert archive.reviews.card_feedback("c1-k", "alice", helpful=True)
+    assert not archive.reviews.card_feedback("nope", "alice", helpful=True)
+    card = archive.calls.get_card("c1-k")
     assert (card["acknowledged_by"], card["acknowledged_at"]) == ("alice", T0 + 5)
     assert card["helpful"] is True and card["feedback_by"] == "alice"
 
 
 def test_reviews(archive: Store) -> None:
-    assert archive.save_review("c1", "qa1", "needs_coaching", "没有安抚", 50)
-    assert archive.save_review("c1", "qa1", "pass", "复核后通过", 80.5)
-    assert not archive.save_review("missing", "qa1", "pass")
+    assert archive.reviews.save_review("c1", "qa1", "needs_coaching", "没有安抚", 50)
+    assert archive.reviews.save_review("c1", "qa1", "pass", "复核后通过", 80.5)
+    assert not archive.reviews.save_review("missing", "qa1", "pass")
     with pytest.raises(StoreError):
-        archive.save_review("c1", "qa1", "pass", adherence_score=101)
+        archive.reviews.save_review("c1", "qa1", "pass", adherence_score=101)
     with pytest.raises(StoreError):
-        archive.save_review("c1", "qa1", "")
-    call = archive.get_call("c1")
+        archive.reviews.save_review("c1", "qa1", "")
+    call = archive.calls.get_call("c1")
     assert len(call["reviews"]) == 1
     assert call["review"]["verdict"] == "pass" and call["review"]["adherence_score"] == 80.5
 
@@ -549,13 +549,13 @@ def test_call_risk(cards, risk) -> None:
 
 
 def test_risk_follows_cards_as_they_fire_and_are_withdrawn(store: Store) -> None:
-    store.record(CallStarted("r", at=T0))
-    store.record(CardFired("r", make_card("t1", "lawsuit_threat", "warning", start=1)))
-    assert store.get_call("r")["risk"] == "warning"
-    store.record(CardFired("r", make_card("t2", "regulator_complaint", "warning", start=9)))
-    assert store.get_call("r")["risk"] == "critical"
-    store.record(CardWithdrawn("r", "t2"))
-    assert store.get_call("r")["risk"] == "warning"
+    store.events.record(CallStarted("r", at=T0))
+    store.events.record(CardFired("r", make_card("t1", "lawsuit_threat", "warning", start=1)))
+    assert store.calls.get_call("r")["risk"] == "warning"
+    store.events.record(CardFired("r", make_card("t2", "regulator_complaint", "warning", start=9)))
+    assert store.calls.get_call("r")["risk"] == "critical"
+    store.events.record(CardWithdrawn("r", "t2"))
+    assert store.calls.get_call("r")["risk"] == "warning"
 
 
 # --- users and sessions ---------------------------------------------------------------
@@ -618,30 +618,30 @@ def test_purge_deletes_old_calls_and_only_their_recordings_inside_the_data_dir(s
         f.write_bytes(b"RIFF")
     link = store.recordings_dir / "link.wav"                         # points outside
     link.symlink_to(outside)
-    store.record_many(simple_call("old", at=T0, recording=str(old_rec),
+    store.events.record_many(simple_call("old", at=T0, recording=str(old_rec),
                                   texts=("我要去工信部投诉",),
                                   cards=(make_card("old-k"),)))
-    store.record_many(simple_call("old-relative", at=T0 + 1, recording="recordings/missing.wav"))
-    store.record_many(simple_call("old-outside", at=T0 + 2, recording=str(outside)))
-    store.record_many(simple_call("old-sneaky", at=T0 + 3, recording=str(sneaky)))
-    store.record_many(simple_call("old-live", at=T0 + 4, ended=False))
-    store.record_many(simple_call("old-link", at=T0 + 5, recording=str(link)))
-    store.record_many(simple_call("new", at=now - 86400, recording=str(new_rec)))
-    store.save_review("old", "qa", "pass")
+    store.events.record_many(simple_call("old-relative", at=T0 + 1, recording="recordings/missing.wav"))
+    store.events.record_many(simple_call("old-outside", at=T0 + 2, recording=str(outside)))
+    store.events.record_many(simple_call("old-sneaky", at=T0 + 3, recording=str(sneaky)))
+    store.events.record_many(simple_call("old-live", at=T0 + 4, ended=False))
+    store.events.record_many(simple_call("old-link", at=T0 + 5, recording=str(link)))
+    store.events.record_many(simple_call("new", at=now - 86400, recording=str(new_rec)))
+    store.reviews.save_review("old", "qa", "pass")
 
-    assert store.recording_file(str(old_rec)) == old_rec.resolve()
-    assert store.recording_file("recordings/old.wav") == old_rec.resolve()
-    assert store.recording_file(str(outside)) is None and store.recording_file(str(sneaky)) is None
-    assert store.recording_file(str(link)) is None
-    assert store.recording_file("recordings/missing.wav") is None and store.recording_file(None) is None
-    assert store.purge(0, now=now) == 0                                  # 0 keeps everything
-    assert store.purge(180, now=now) == 5
-    assert ids(store.list_calls()) == ["new", "old-live"]
+    assert store.recordings.file(str(old_rec)) == old_rec.resolve()
+    assert store.recordings.file("recordings/old.wav") == old_rec.resolve()
+    assert store.recordings.file(str(outside)) is None and store.recordings.file(str(sneaky)) is None
+    assert store.recordings.file(str(link)) is None
+    assert store.recordings.file("recordings/missing.wav") is None and store.recordings.file(None) is None
+    assert store.retention.purge(0, now=now) == 0                                  # 0 keeps everything
+    assert store.retention.purge(180, now=now) == 5
+    assert ids(store.calls.list_calls()) == ["new", "old-live"]
     assert not old_rec.exists() and new_rec.exists()
     assert outside.exists() and sneaky.exists() and link.exists()        # never outside recordings/
-    assert store.get_call("old") is None and store.card_call_id("old-k") is None
-    assert store.events_since(0, call_ids=["old", "old-outside"]) == []
-    assert store.list_calls(text="工信部投诉") == []
+    assert store.calls.get_call("old") is None and store.calls.card_call_id("old-k") is None
+    assert store.events.events_since(0, call_ids=["old", "old-outside"]) == []
+    assert store.calls.list_calls(text="工信部投诉") == []
     if store.engine == "sqlite":
         assert scalar(store, "SELECT count(*) FROM utterances_fts") == scalar(store, "SELECT count(*) FROM utterances")
     assert scalar(store, "SELECT count(*) FROM reviews") == 0
@@ -651,7 +651,7 @@ def test_purge_drops_expired_sessions_and_old_login_attempts(store: Store) -> No
     store.accounts.add_user("alice", "agent", "h")
     token, _ = store.accounts.create_session("alice", ttl=10, now=T0)
     store.accounts.add_login_failure("user:alice", T0)
-    store.purge(180, now=T0 + 2 * 86400)
+    store.retention.purge(180, now=T0 + 2 * 86400)
     assert scalar(store, "SELECT count(*) FROM sessions") == 0
     assert store.accounts.login_failures("user:alice", 0) == []
 
@@ -659,24 +659,24 @@ def test_purge_drops_expired_sessions_and_old_login_attempts(store: Store) -> No
 def test_purge_works_in_batches(store: Store, monkeypatch) -> None:
     monkeypatch.setattr(retention_module, "PURGE_BATCH", 2)
     for i in range(5):
-        store.record_many(simple_call(f"old{i}", at=T0 + i))
-    store.record_many(simple_call("recent", at=T0 + 100 * 86400))
-    assert store.purge(30, now=T0 + 101 * 86400) == 5
-    assert ids(store.list_calls()) == ["recent"]
+        store.events.record_many(simple_call(f"old{i}", at=T0 + i))
+    store.events.record_many(simple_call("recent", at=T0 + 100 * 86400))
+    assert store.retention.purge(30, now=T0 + 101 * 86400) == 5
+    assert ids(store.calls.list_calls()) == ["recent"]
 
 
 async def test_an_event_delivered_again_from_the_bus_is_stored_once(store: Store) -> None:
     events = simple_call("replayed")
     origins = [f"1700000000000-{i}" for i in range(len(events))]
-    first = store.record_many(events[:3], origins[:3])
-    listener = store.listen()
+    first = store.events.record_many(events[:3], origins[:3])
+    listener = store.events.listen()
     # the writer died after committing the first three and before acknowledging them: the
     # bus delivers them again with the rest
-    again = store.record_many(events, origins)
+    again = store.events.record_many(events, origins)
     await delivered(store)
     assert again[:3] == first
     heard = [listener.get_nowait()[0] for _ in range(listener.qsize())]
     assert heard == again[3:]                       # the new ones only, once each
-    assert [seq for seq, _ in store.events_since(0, call_ids=["replayed"])] == again
+    assert [seq for seq, _ in store.events.events_since(0, call_ids=["replayed"])] == again
     # control: without origins the same events are stored again
-    assert store.record_many(events[:1])[0] > again[-1]
+    assert store.events.record_many(events[:1])[0] > again[-1]

@@ -93,7 +93,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 def stored_by_call(store: Store) -> dict[str, list[dict[str, Any]]]:
     by_call: dict[str, list[dict[str, Any]]] = {}
-    for _seq, data in store.events_since(0):
+    for _seq, data in store.events.events_since(0):
         by_call.setdefault(data["call_id"], []).append(data)
     return by_call
 
@@ -110,7 +110,7 @@ async def test_published_events_are_stored_once_in_publish_order(
         redis_url: str, store: Store, publisher: RedisEventBus) -> None:
     calls = [call_events("c1", 30), call_events("c2", 25), call_events("c3", 12)]
     events = interleaved(*calls)
-    listener = store.listen()
+    listener = store.events.listen()
     async with feeding(redis_url, store, "web-1", batch=16) as feed:
         for event in events:
             publisher.publish(event)
@@ -131,10 +131,8 @@ class DiesAfterCommit:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.events = store.events
         self.committed = asyncio.Event()
-
-    def record_many(self, events: Sequence[CallEvent], origins: Sequence[str] | None = None) -> list[int]:
-        return self.store.record_many(events, origins)
 
     async def off_loop(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         await self.store.off_loop(method, *args, **kwargs)
@@ -148,11 +146,11 @@ async def test_a_writer_dying_between_commit_and_ack_loses_nothing_and_stores_no
     for event in first:
         publisher.publish(event)
     assert await publisher.flush(WAIT)
-    listener = store.listen()
+    listener = store.events.listen()
     dying = DiesAfterCommit(store)
     async with feeding(redis_url, dying, "web-a", batch=10, lease_ttl=1.0) as feed_a:
         await asyncio.wait_for(dying.committed.wait(), WAIT)
-        stored_by_a = len(store.events_since(0))
+        stored_by_a = len(store.events.events_since(0))
         assert 0 < stored_by_a < len(stored_only(first))
         assert await pending(redis_url) > 0                                   # its batch is not acked
     assert feed_a.stored == 0                                                 # it never came back

@@ -65,14 +65,14 @@ def test_migrates_an_empty_database_and_reopens_without_migrating_again(postgres
                                                                          tmp_path: Path) -> None:
     store = pg_store(postgres_url, tmp_path)
     assert store.engine == "postgresql" and store.schema_version == PG_MIGRATIONS[-1].version
-    store.record_many(simple_call("c1"))
+    store.events.record_many(simple_call("c1"))
     store.close()
     tables = {r[0] for r in sql(postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"users", "calls", "events", "utterances", "cards", "reviews", "sessions", "login_attempts",
             "audit_log", "call_analytics", "schema_version"} <= tables
     assert sql(postgres_url, "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'") == [("pg_trgm",)]
     again = pg_store(postgres_url, tmp_path)
-    assert again.get_call("c1")["status"] == "ended"
+    assert again.calls.get_call("c1")["status"] == "ended"
     assert sql(postgres_url, "SELECT version FROM schema_version") == [(PG_MIGRATIONS[-1].version,)]
     again.close()
 
@@ -86,7 +86,7 @@ def test_open_store_uses_the_database_url_and_the_data_dirs_recordings(postgres_
     assert store.engine == "postgresql" and store.recordings_dir == tmp_path / "data" / "recordings"
     assert store.recordings_dir.is_dir() and not (tmp_path / "data" / "callassist.db").exists()
     assert store.writable()
-    store.record_many(simple_call("c1"))
+    store.events.record_many(simple_call("c1"))
     assert sql(postgres_url, "SELECT status FROM calls") == [("ended",)]
 
 
@@ -154,7 +154,7 @@ def test_trigram_search_finds_what_sqlite_fts5_finds(postgres_url: str, tmp_path
     stored = [event.text for events in calls for event in events if isinstance(event, TranscriptUpdate)]
     for store in stores:
         for events in calls:
-            store.record_many(events)
+            store.events.record_many(events)
     queries = ["投诉", "信号", "您", "工信部", "不好意思", "我理解您", "退费", "话 费", "網絡", "x%_"]
     for _ in range(40):                         # substrings of real lines, 2 to 5 characters
         line = rng.choice(stored).replace(" ", "")
@@ -163,10 +163,10 @@ def test_trigram_search_finds_what_sqlite_fts5_finds(postgres_url: str, tmp_path
         queries.append(line[start:start + size])
     found = 0
     for query in queries:
-        sqlite_ids, pg_ids = ([c["call_id"] for c in store.list_calls(text=query, limit=1000)] for store in stores)
+        sqlite_ids, pg_ids = ([c["call_id"] for c in store.calls.list_calls(text=query, limit=1000)] for store in stores)
         assert pg_ids == sqlite_ids, query
-        assert [c["snippets"] for c in stores[1].list_calls(text=query, limit=5)] == \
-            [c["snippets"] for c in stores[0].list_calls(text=query, limit=5)]
+        assert [c["snippets"] for c in stores[1].calls.list_calls(text=query, limit=5)] == \
+            [c["snippets"] for c in stores[0].calls.list_calls(text=query, limit=5)]
         found += bool(pg_ids)
     assert found >= 40                                     # control: most queries find calls
     for store in stores:
@@ -175,7 +175,7 @@ def test_trigram_search_finds_what_sqlite_fts5_finds(postgres_url: str, tmp_path
 
 def test_three_characters_or_more_use_the_trigram_index(postgres_url: str, tmp_path: Path) -> None:
     store = pg_store(postgres_url, tmp_path)
-    store.record_many(simple_call("c", texts=("我要去工信部投诉你们",)))
+    store.events.record_many(simple_call("c", texts=("我要去工信部投诉你们",)))
     with store.db.query() as db:
         db.execute("SET enable_seqscan = off")           # a tiny table: make the planner show its options
         plan = "\n".join(r[0] for r in db.execute(
@@ -195,10 +195,10 @@ WRITER_PROCESS = textwrap.dedent("""
     from agent_ui.store import Store
     from callassist.events import CallFault
     store = Store(PostgresDatabase(sys.argv[1]), recordings_dir=Path(sys.argv[2]))
-    writer = store.recorder()
+    writer = store.events.recorder()
     for i in range(200):
         writer.submit(CallFault("other-process", f"p{i}", at=float(i)))
-    store.record_many([CallFault("other-process", f"batch{i}", at=300.0 + i) for i in range(50)])
+    store.events.record_many([CallFault("other-process", f"batch{i}", at=300.0 + i) for i in range(50)])
     store.close()
 """)
 
@@ -206,9 +206,9 @@ WRITER_PROCESS = textwrap.dedent("""
 async def test_a_node_that_never_writes_hears_every_commit_of_another_process_once_in_order(
         postgres_url: str, tmp_path: Path) -> None:
     web = pg_store(postgres_url, tmp_path)
-    web.record(CallFault("before", "committed before listening", at=T0))
-    listener = web.listen()
-    caught_up = web.events_since(0)
+    web.events.record(CallFault("before", "committed before listening", at=T0))
+    listener = web.events.listen()
+    caught_up = web.events.events_since(0)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", WRITER_PROCESS, postgres_url, str(tmp_path / "recordings"), str(ROOT))
     assert await proc.wait() == 0
@@ -221,10 +221,10 @@ async def test_a_node_that_never_writes_hears_every_commit_of_another_process_on
     assert [p for p in problems if p[0] == "b"] == [f"batch{i}" for i in range(50)]
     seqs = [seq for seq, _ in heard]
     assert seqs == sorted(set(seqs)) and seqs[0] > caught_up[-1][0]
-    assert caught_up + heard == web.events_since(0)         # catch-up + live: no gap, no duplicate
+    assert caught_up + heard == web.events.events_since(0)         # catch-up + live: no gap, no duplicate
     await asyncio.sleep(0.3)
     assert listener.empty()                                 # nothing twice ...
-    web.record(CallFault("after", "control", at=T0))        # ... while a new commit still arrives
+    web.events.record(CallFault("after", "control", at=T0))        # ... while a new commit still arrives
     assert (await take(listener, 1))[0][1]["problem"] == "control"
     web.close()
 
@@ -232,8 +232,8 @@ async def test_a_node_that_never_writes_hears_every_commit_of_another_process_on
 async def test_listeners_on_the_writing_node_hear_its_commits_through_the_database(
         postgres_url: str, tmp_path: Path) -> None:
     store = pg_store(postgres_url, tmp_path)
-    listener = store.listen()
-    seqs = await asyncio.to_thread(store.record_many, simple_call("c", cards=(make_card("k"),)))
+    listener = store.events.listen()
+    seqs = await asyncio.to_thread(store.events.record_many, simple_call("c", cards=(make_card("k"),)))
     heard = await take(listener, len(seqs))
     assert [seq for seq, _ in heard] == seqs
     store.close()
@@ -246,8 +246,8 @@ async def test_every_event_is_stored_and_heard_once_across_a_postgresql_restart(
     url = postgres_server.fresh_url()
     writing = pg_store(url, tmp_path)                       # the web node holding the writer lease
     other = pg_store(url, tmp_path)                          # a web node that only reads
-    local, remote = writing.listen(), other.listen()
-    recorder = writing.recorder()
+    local, remote = writing.events.listen(), other.events.listen()
+    recorder = writing.events.recorder()
     events = [TranscriptUpdate("restarted", "customer", i, f"第{i}句", float(i), i + 0.5, True, at=T0 + i)
               for i in range(300)]
     for event in events[:100]:                               # before
@@ -272,9 +272,9 @@ async def test_every_event_is_stored_and_heard_once_across_a_postgresql_restart(
         seqs = [seq for seq, _ in heard]
         assert seqs == sorted(set(seqs))
     assert [seq for seq, _ in heard_local] == [seq for seq, _ in heard_remote]
-    stored = other.events_since(0)                           # reads reconnect by themselves
+    stored = other.events.events_since(0)                           # reads reconnect by themselves
     assert [seq for seq, _ in stored] == [seq for seq, _ in heard_remote]
-    assert len(other.get_call("restarted")["utterances"]) == 300
+    assert len(other.calls.get_call("restarted")["utterances"]) == 300
     assert recorder.failed == 0
     assert other.events.follower.reconnects >= 1            # control: the restart was felt
     await asyncio.sleep(0.3)

@@ -202,8 +202,8 @@ async def test_rtp_ari_and_the_loop_keep_flowing_while_another_process_holds_the
     caplog.set_level(logging.WARNING, logger="agent_ui.store_writer")
     store = Store(tmp_path / "callassist.db")
     bus = EventBus()
-    listener = store.listen()
-    recorder = asyncio.create_task(store.run(bus))
+    listener = store.events.listen()
+    recorder = asyncio.create_task(store.events.run(bus))
     seen: list[tuple[float, CallEvent]] = []              # what the bus carried, and when
     subscription = bus.subscribe()
 
@@ -244,7 +244,7 @@ async def test_rtp_ari_and_the_loop_keep_flowing_while_another_process_holds_the
     legs = list(ari.media.calls[call_id].legs.values())       # the media side: RTP streams
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, locker.locked_at + LOCK_SECONDS - loop.time()))
-    still_stored = store.events_since(0)                 # reads go on under the lock
+    still_stored = store.events.events_since(0)                 # reads go on under the lock
     await locker.release()
 
     held = locker.released_at - locker.locked_at
@@ -273,13 +273,13 @@ async def test_rtp_ari_and_the_loop_keep_flowing_while_another_process_holds_the
                       and e["utterance"] == last.utterance for _, e in heard):
             heard.append(await listener.get())
     await asyncio.wait_for(hear_all(), 30)
-    stored_load = [e for _, e in store.events_since(0, call_ids=["load"]) if e["type"] == "TranscriptUpdate"]
+    stored_load = [e for _, e in store.events.events_since(0, call_ids=["load"]) if e["type"] == "TranscriptUpdate"]
     assert [e["utterance"] for e in stored_load] == [e.utterance for e in load.published]
     heard_seqs = [seq for seq, _ in heard]
     assert heard_seqs == sorted(set(heard_seqs))               # in order, no duplicates
     assert [e["utterance"] for _, e in heard if e["call_id"] == "load"
             and e["type"] == "TranscriptUpdate"] == [e.utterance for e in load.published]
-    stored_seqs = {seq for seq, _ in store.events_since(0)}
+    stored_seqs = {seq for seq, _ in store.events.events_since(0)}
     assert {seq for seq in stored_seqs if seq <= heard_seqs[-1]} <= set(heard_seqs)   # no gap
     assert len(load.published) > 2 * LOCK_SECONDS / LOAD_INTERVAL / 3     # a real flow
     # the operator was told, with the backlog, and told again when it was over
@@ -297,7 +297,7 @@ async def test_rtp_ari_and_the_loop_keep_flowing_while_another_process_holds_the
 async def test_close_drains_the_events_queued_behind_a_locked_database(tmp_path: Path) -> None:
     store = Store(tmp_path / "callassist.db")
     bus = EventBus()
-    recorder = asyncio.create_task(store.run(bus))
+    recorder = asyncio.create_task(store.events.run(bus))
     await asyncio.sleep(0)                                 # the recorder is running
     other = sqlite3.connect(tmp_path / "callassist.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")

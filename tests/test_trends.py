@@ -93,7 +93,7 @@ def cells(result):
 
 def adherence_of(store, config: Config, *call_ids):
     playbook = load_playbook()
-    return [assess_call(store.get_call(c), playbook, config.web.adherence_window).to_dict()["score"]
+    return [assess_call(store.calls.get_call(c), playbook, config.web.adherence_window).to_dict()["score"]
             for c in call_ids]
 
 
@@ -187,7 +187,7 @@ async def test_adherence_is_assessed_again_only_when_a_call_changes(site):
     _, again = await get_json(site, "wang.qiang", **day)
     assert scores.assessed == before + 1 and again["cells"] == first["cells"]      # remembered
     # the agent's later words (a revised transcript, say) change the call: assessed again
-    site.store.record(TranscriptUpdate("z-0401", "agent", 9, "非常 抱歉 我 马上 帮 您 查 一下 费用 构成 详单",
+    site.store.events.record(TranscriptUpdate("z-0401", "agent", 9, "非常 抱歉 我 马上 帮 您 查 一下 费用 构成 详单",
                                        6.5, 10.0, True))
     _, changed = await get_json(site, "wang.qiang", **day)
     assert scores.assessed == before + 2

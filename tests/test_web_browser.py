@@ -63,7 +63,7 @@ async def env(tmp_path_factory):
         # an archived call with a real recording, for the QA page
         wav = write_wav(e.store.recordings_dir / f"{ARCHIVED}.wav", COMPLAINT_SECONDS)
         await simulate_call(e.bus, ARCHIVED, "PJSIP/1001", recording=wav)
-        await until(lambda: (e.store.get_call(ARCHIVED) or {}).get("status") == "ended")
+        await until(lambda: (e.store.calls.get_call(ARCHIVED) or {}).get("status") == "ended")
         yield e
 
 
@@ -93,7 +93,7 @@ async def test_agent_sees_card_live_acknowledges_and_catches_up_after_reconnect(
     await page.wait_for_selector('.card.acknowledged[data-category="media_exposure"]')
     await card.locator("button.fb.yes").click()
     await page.wait_for_selector('.card[data-category="media_exposure"] .fb.yes.chosen')
-    stored = env.store.get_card(await card.get_attribute("data-card-id"))
+    stored = env.store.calls.get_card(await card.get_attribute("data-card-id"))
     assert stored["acknowledged_by"] == "zhang.wei" and stored["helpful"] is True
     # a reload shows the call again, acknowledgement and feedback remembered
     await page.reload()
@@ -146,7 +146,7 @@ async def test_two_live_cards_show_both_scripts_on_a_1366x768_screen_and_read_at
 
     # the words that made it fire, however they matched: 公信不 marked, ≈ 工信部 beside it,
     # still marked in the final text that replaced the partial
-    stored = {c["category"]: c for c in env.store.get_call(call)["cards"]}
+    stored = {c["category"]: c for c in env.store.calls.get_call(call)["cards"]}
     assert (stored["regulator_complaint"]["heard"], stored["regulator_complaint"]["via"],
             stored["regulator_complaint"]["phrase"]) == ("公信不", "pinyin", "工信部")
     assert await regulator.locator(".trigger mark").inner_text() == "公信不"
@@ -303,7 +303,7 @@ async def test_supervisor_board_counts_what_it_lists_and_shows_a_calls_real_dura
     earlier = "1700000000.398"                # ended two minutes before the board was opened
     env.bus.publish(CallStarted(earlier, caller="13512345678", at=time.time() - 123))
     env.bus.publish(CallEnded(earlier, 3.0, at=time.time() - 120))
-    await until(lambda: (env.store.get_call(earlier) or {}).get("status") == "ended")
+    await until(lambda: (env.store.calls.get_call(earlier) or {}).get("status") == "ended")
     page = await logged_in_page(env, "wang.qiang")
     await page.wait_for_selector("body[data-ready]")
     call = "1700000000.311"
@@ -369,7 +369,7 @@ async def test_qa_search_in_chinese_plays_and_seeks(env):
     await page.wait_for_selector("#qa-call[data-ready]")
     await page.wait_for_function("() => document.getElementById('audio').readyState >= 1")
     assert abs(await page.evaluate("document.getElementById('audio').duration") - COMPLAINT_SECONDS) < 0.1
-    start = env.store.get_call(ARCHIVED)["cards"]
+    start = env.store.calls.get_call(ARCHIVED)["cards"]
     media = next(c for c in start if c["category"] == "media_exposure")
     await page.click(f'.timeline .marker[data-card-id="{media["card_id"]}"]')
     await page.wait_for_function("start => Math.abs(document.getElementById('audio').currentTime - start) < 0.5",
@@ -385,7 +385,7 @@ async def test_qa_search_in_chinese_plays_and_seeks(env):
     await page.screenshot(path=str(env.screenshots / "qa.png"), full_page=True)
 
     # named by its caller and time, not its internal id; the agent named once
-    stored = env.store.get_call(ARCHIVED)
+    stored = env.store.calls.get_call(ARCHIVED)
     title = f"13800138000 · {call_when(stored['started_at'])}"
     assert await page.inner_text("#call-title") == title
     assert (await page.title()).startswith(title)
@@ -419,7 +419,7 @@ async def test_qa_search_in_chinese_plays_and_seeks(env):
     error = page.locator("#review-error")
     await error.wait_for()
     assert "请先选择质检结论" in await error.inner_text()
-    assert env.store.get_call(ARCHIVED)["review"] is None
+    assert env.store.calls.get_call(ARCHIVED)["review"] is None
     assert page.url.endswith(f"/qa/call/{ARCHIVED}")
 
     # the review form posts (with its CSRF field) and is stored
@@ -429,7 +429,7 @@ async def test_qa_search_in_chinese_plays_and_seeks(env):
     async with page.expect_navigation():
         await page.click("#review button[type=submit]")
     await page.wait_for_selector("#review-current >> text=需改进")
-    review = env.store.get_call(ARCHIVED)["review"]
+    review = env.store.calls.get_call(ARCHIVED)["review"]
     assert review["verdict"] == "improve" and review["reviewer"] == "zhao.min"
     assert review["adherence_score"] is not None
     # the reviewer's own verdict comes back; nobody else's is preselected for them
@@ -459,7 +459,7 @@ async def test_qa_details_name_the_agent_once(env):
     env.store.accounts.add_user("desk.1009", "agent", "not-a-login", "坐席 1009", ("PJSIP/1009",))
     call = "1700000000.109"
     await simulate_call(env.bus, call, "PJSIP/1009", script=CALM_SCRIPT, seconds=6, caller="")
-    await until(lambda: (env.store.get_call(call) or {}).get("status") == "ended")
+    await until(lambda: (env.store.calls.get_call(call) or {}).get("status") == "ended")
     page = await logged_in_page(env, "zhao.min")
     await page.goto(f"{env.server.url}/qa/call/{call}")
     await page.wait_for_selector("#qa-call[data-ready]")

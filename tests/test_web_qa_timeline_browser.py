@@ -134,7 +134,7 @@ async def test_timeline_draws_both_speakers_and_the_triggers_and_seeks(env):
     assert agent_top > customer_top                       # two lanes, customer above
 
     # the triggers as markers with their titles
-    stored = {c["category"]: c for c in env.store.get_call(QA_CALL)["cards"]}
+    stored = {c["category"]: c for c in env.store.calls.get_call(QA_CALL)["cards"]}
     markers = svg.locator("rect.marker")
     assert await markers.count() == len(QA_CARDS)
     titles = await svg.locator("rect.marker > title").all_text_contents()

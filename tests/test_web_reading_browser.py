@@ -60,7 +60,7 @@ async def logged_in_page(env, username):
 
 
 def customer_lines(store, call_id: str) -> int:
-    return sum(u["speaker"] == "customer" for u in (store.get_call(call_id) or {}).get("utterances", []))
+    return sum(u["speaker"] == "customer" for u in (store.calls.get_call(call_id) or {}).get("utterances", []))
 
 
 async def test_agent_sees_a_quiet_reading_header_after_the_third_customer_turn(env):
@@ -105,7 +105,7 @@ async def test_board_shows_type_and_score_and_orders_by_risk_then_score(env):
     for call_id, endpoint, lines, seconds in calls:
         await simulate_call(env.bus, call_id, endpoint, lines, seconds=seconds, end=False)
     await until(lambda: all(customer_lines(env.store, c) == len(s["customer"]) for c, _, s, _ in calls))
-    risks = {c: env.store.get_call(c)["risk"] for c, *_ in calls}
+    risks = {c: env.store.calls.get_call(c)["risk"] for c, *_ in calls}
     assert risks == {"board-charge": "warning", "board-money": "warning", "board-media": "critical"}
 
     page = await logged_in_page(env, "wang.qiang")

@@ -43,10 +43,10 @@ async def site(tmp_path):
     wav = write_wav(s.store.recordings_dir / f"{MINE}.wav", 4.0)
     await simulate_call(s.bus, MINE, "PJSIP/1001", recording=wav)
     await simulate_call(s.bus, THEIRS, "PJSIP/1002", end=False)
-    await until(lambda: (s.store.get_call(MINE) or {}).get("status") == "ended"
-                and len((s.store.get_call(THEIRS) or {}).get("cards", [])) >= 3)
-    s.card_mine = s.store.get_call(MINE)["cards"][0]["card_id"]
-    s.card_theirs = s.store.get_call(THEIRS)["cards"][0]["card_id"]
+    await until(lambda: (s.store.calls.get_call(MINE) or {}).get("status") == "ended"
+                and len((s.store.calls.get_call(THEIRS) or {}).get("cards", [])) >= 3)
+    s.card_mine = s.store.calls.get_call(MINE)["cards"][0]["card_id"]
+    s.card_theirs = s.store.calls.get_call(THEIRS)["cards"][0]["card_id"]
     yield s
     await s.server.stop()
     s.store.close()
@@ -105,10 +105,10 @@ async def test_state_changes_need_the_csrf_token(site):
             assert response.status == 403
         async with http.post(ack, headers={"X-CSRF-Token": "forged"}) as response:
             assert response.status == 403
-        assert site.store.get_card(site.card_mine)["acknowledged_by"] is None
+        assert site.store.calls.get_card(site.card_mine)["acknowledged_by"] is None
         async with http.post(ack, headers={"X-CSRF-Token": csrf}) as response:
             assert response.status == 200
-        assert site.store.get_card(site.card_mine)["acknowledged_by"] == "zhang.wei"
+        assert site.store.calls.get_card(site.card_mine)["acknowledged_by"] == "zhang.wei"
         async with http.post(f"{site.url}/logout", allow_redirects=False) as response:
             assert response.status == 403                     # logout is a state change too
 
@@ -117,11 +117,11 @@ async def test_state_changes_need_the_csrf_token(site):
         review = f"{site.url}/qa/call/{MINE}/review"
         async with http.post(review, data={"verdict": "fail"}, allow_redirects=False) as response:
             assert response.status == 403
-        assert site.store.get_call(MINE)["review"] is None
+        assert site.store.calls.get_call(MINE)["review"] is None
         async with http.post(review, data={"verdict": "fail", "csrf_token": csrf},
                              allow_redirects=False) as response:
             assert response.status == 303
-        assert site.store.get_call(MINE)["review"]["verdict"] == "fail"
+        assert site.store.calls.get_call(MINE)["review"]["verdict"] == "fail"
 
 
 async def test_a_review_without_a_verdict_is_refused_with_a_clear_message(site):
@@ -140,10 +140,10 @@ async def test_a_review_without_a_verdict_is_refused_with_a_clear_message(site):
         async with http.post(review, json={"notes": "x"}, headers={"X-CSRF-Token": csrf}) as response:
             assert response.status == 400
             assert "请先选择质检结论" in (await response.json())["error"]
-        assert site.store.get_call(MINE)["review"] is None
+        assert site.store.calls.get_call(MINE)["review"] is None
         async with http.post(review, json={"verdict": "pass"}, headers={"X-CSRF-Token": csrf}) as response:
             assert response.status == 200
-        assert site.store.get_call(MINE)["review"]["verdict"] == "pass"
+        assert site.store.calls.get_call(MINE)["review"]["verdict"] == "pass"
 
 
 async def test_login_form_needs_its_token(site):
@@ -250,7 +250,7 @@ async def test_websocket_reconnect_replays_only_what_was_missed(site):
         assert cards and all(c["heard"] and c["heard"] in c["text"] and c["via"] for c in cards)
         site.bus.publish(TranscriptUpdate(THEIRS, "agent", 50, "好的 我 记下 了", 20.0, 21.0, True))
         site.bus.publish(CallEnded(THEIRS, 22.0))
-        await until(lambda: site.store.get_call(THEIRS)["status"] == "ended")
+        await until(lambda: site.store.calls.get_call(THEIRS)["status"] == "ended")
         # the call's final reading (agent_ui.live_reading) follows its end
         await until(lambda: (site.store.analytics.get(THEIRS) or {}).get("reading") is not None)
         # the call has ended: it is replayed because the client still shows it
@@ -275,7 +275,7 @@ async def test_recording_download_by_call_id_only(site, tmp_path):
     os.symlink(secret, link)
     site.bus.publish(CallStarted("evil-3"))
     site.bus.publish(CallEnded("evil-3", 1.0, recording=str(link)))
-    await until(lambda: (site.store.get_call("evil-3") or {}).get("status") == "ended")
+    await until(lambda: (site.store.calls.get_call("evil-3") or {}).get("status") == "ended")
     async with client_session() as http:
         await http_login(http, site.url, "root")
         for call_id in ("evil-1", "evil-2", "evil-3"):
@@ -412,7 +412,7 @@ async def test_exports(site):
     site.bus.publish(CallStarted("formula"))
     site.bus.publish(TranscriptUpdate("formula", "customer", 0, "=HYPERLINK(\"x\") 我 要 投诉", 0.0, 1.0, True))
     site.bus.publish(CallEnded("formula", 1.0))
-    await until(lambda: (site.store.get_call("formula") or {}).get("status") == "ended")
+    await until(lambda: (site.store.calls.get_call("formula") or {}).get("status") == "ended")
     async with client_session() as http:
         await http_login(http, site.url, "zhao.min")
         async with http.get(f"{site.url}/qa/call/{MINE}/export.vtt") as response:
@@ -429,7 +429,7 @@ async def test_exports(site):
             data = json.loads(await response.text())
         assert data["call_id"] == MINE and data["adherence"]["score"] is not None
         assert "recording_path" not in data
-        stored = {c["card_id"]: c for c in site.store.get_call(MINE)["cards"]}
+        stored = {c["card_id"]: c for c in site.store.calls.get_call(MINE)["cards"]}
         for card in data["cards"]:                       # how each card fired, as stored
             assert card["heard"] and card["heard"] == stored[card["card_id"]]["heard"]
             assert card["via"] in ("chars", "pinyin", "intent")
@@ -507,18 +507,18 @@ async def test_json_endpoints_answer_bad_json_with_400(site):
         async with http.post(review, data=b'{"verdict": "pass"}', headers={
                 "X-CSRF-Token": csrf, "Content-Type": "application/json; charset=no-such"}) as response:
             assert response.status == 400
-        assert site.store.get_call(MINE)["review"] is None            # nothing stored
+        assert site.store.calls.get_call(MINE)["review"] is None            # nothing stored
         async with http.post(review, json={"verdict": "pass", "notes": "语气平和"},
                              headers={"X-CSRF-Token": csrf}) as response:
             assert response.status == 200                             # positive control
-        assert site.store.get_call(MINE)["review"]["notes"] == "语气平和"
+        assert site.store.calls.get_call(MINE)["review"]["notes"] == "语气平和"
     async with client_session() as http:
         csrf = await http_login(http, site.url, "zhang.wei")
         feedback = f"{site.url}/api/cards/{site.card_mine}/feedback"
         async with http.post(feedback, data=b"[" * 100_000, headers={
                 "X-CSRF-Token": csrf, "Content-Type": "application/json"}) as response:
             assert response.status == 400 and "JSON" in (await response.json())["error"]
-        assert site.store.get_card(site.card_mine)["helpful"] is None
+        assert site.store.calls.get_card(site.card_mine)["helpful"] is None
 
 
 async def test_websocket_hello_out_of_range_is_refused_clearly(site):
@@ -549,7 +549,7 @@ async def test_only_the_calls_agent_marks_its_cards(site):
         async with supervisor.post(f"{site.url}/api/cards/{card}/ack",
                                    headers={"X-CSRF-Token": sup_csrf}) as response:
             assert response.status == 403
-        assert site.store.get_card(card)["acknowledged_by"] is None
+        assert site.store.calls.get_card(card)["acknowledged_by"] is None
         async with agent.post(f"{site.url}/api/cards/{card}/ack",
                               headers={"X-CSRF-Token": agent_csrf}) as response:
             assert response.status == 200
@@ -559,7 +559,7 @@ async def test_only_the_calls_agent_marks_its_cards(site):
         async with supervisor.post(f"{site.url}/api/cards/{card}/feedback", json={"helpful": True},
                                    headers={"X-CSRF-Token": sup_csrf}) as response:
             assert response.status == 403 and "坐席" in (await response.json())["error"]
-        stored = site.store.get_card(card)
+        stored = site.store.calls.get_card(card)
         assert stored["acknowledged_by"] == "li.na" and stored["helpful"] is False
         # the agent's screen shows the agent's marks
         ws = await agent.ws_connect(site.url + "/ws", origin=site.url)
@@ -579,7 +579,7 @@ async def test_export_file_names_keep_non_ascii_call_ids(site):
     call_id = "投诉-1"
     site.bus.publish(CallStarted(call_id))
     site.bus.publish(CallEnded(call_id, 1.0))
-    await until(lambda: (site.store.get_call(call_id) or {}).get("status") == "ended")
+    await until(lambda: (site.store.calls.get_call(call_id) or {}).get("status") == "ended")
     async with client_session() as http:
         await http_login(http, site.url, "zhao.min")
         async with http.get(f"{site.url}/qa/call/{call_id}/export.json") as response:

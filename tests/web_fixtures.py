@@ -218,7 +218,7 @@ def record_call(store: Store, call_id: str, started_at: float, endpoint: str = "
     if end:
         events.append(CallEnded(call_id, seconds, str(recording) if recording else None,
                                 at=started_at + seconds))
-    store.record_many(events)
+    store.events.record_many(events)
 
 
 async def until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:

@@ -89,7 +89,7 @@ def _int(value: str | None, name: str, default: int, high: int) -> int:
 
 
 def list_filters(request: web.Request) -> dict[str, Any]:
-    """Store.list_calls keyword arguments from the query string, then narrowed to what
+    """CallArchive.list_calls keyword arguments from the query string, then narrowed to what
     the user may see (the role's restriction always wins)."""
     q = request.query
     filters: dict[str, Any] = {
@@ -131,9 +131,9 @@ async def list_calls(request: web.Request) -> web.Response:
     filters = list_filters(request)
     limit = _int(request.query.get("limit"), "limit", PAGE_SIZE, MAX_PAGE)
     offset = _int(request.query.get("offset"), "offset", 0, 10**9)
-    calls = store.list_calls(**filters, limit=limit, offset=offset)
+    calls = store.calls.list_calls(**filters, limit=limit, offset=offset)
     return web.json_response({"calls": [call_summary(c) for c in calls],
-                              "total": store.count_calls(**filters), "offset": offset, "limit": limit})
+                              "total": store.calls.count_calls(**filters), "offset": offset, "limit": limit})
 
 
 async def call_json(request: web.Request) -> web.Response:
@@ -154,9 +154,9 @@ async def live_calls(request: web.Request) -> web.Response:
     user = current_user(request)
     store = request.app[APP_STORE]
     if user["role"] in ("supervisor", "admin"):
-        calls = store.live_calls()
+        calls = store.calls.live_calls()
     elif user["role"] == "agent":
-        calls = store.list_calls(endpoints=list(user.get("endpoints") or ()), status="live")
+        calls = store.calls.list_calls(endpoints=list(user.get("endpoints") or ()), status="live")
     else:
         calls = []
     return web.json_response({"calls": [call_summary(c) for c in calls], "server_time": time.time()})
@@ -174,7 +174,7 @@ def _card_for_user(request: web.Request) -> tuple[str, dict[str, Any]]:
     a supervisor for instance, gets 403 rather than overwriting them."""
     user = require_role(request, "agent", "supervisor", "admin")
     card_id = request.match_info["card_id"]
-    call_id = request.app[APP_STORE].card_call_id(card_id)
+    call_id = request.app[APP_STORE].calls.card_call_id(card_id)
     if call_id is None:
         raise web.HTTPNotFound(text='{"error": "没有这张提示卡"}', content_type="application/json")
     call = require_call(request, call_id)
@@ -188,7 +188,7 @@ def _card_for_user(request: web.Request) -> tuple[str, dict[str, Any]]:
 async def acknowledge(request: web.Request) -> web.Response:
     card_id, user = _card_for_user(request)
     store = request.app[APP_STORE]
-    await store.off_loop(store.acknowledge_card, card_id, user["username"])
+    await store.off_loop(store.reviews.acknowledge_card, card_id, user["username"])
     return web.json_response({"ok": True, "card_id": card_id})
 
 
@@ -199,7 +199,7 @@ async def feedback(request: web.Request) -> web.Response:
     if not isinstance(helpful, bool):
         raise BadRequest("helpful: 应为 true 或 false")
     store = request.app[APP_STORE]
-    await store.off_loop(store.card_feedback, card_id, user["username"], helpful)
+    await store.off_loop(store.reviews.card_feedback, card_id, user["username"], helpful)
     return web.json_response({"ok": True, "card_id": card_id, "helpful": helpful})
 
 

@@ -54,14 +54,14 @@ class LiveHub:
 
     def run(self) -> Coroutine[Any, Any, None]:
         """Listen to the store NOW and return the coroutine that dispatches forever."""
-        queue = self.store.listen()          # unbounded: the hub itself must not lose events
+        queue = self.store.events.listen()          # unbounded: the hub itself must not lose events
 
         async def dispatch_forever() -> None:
             try:
                 while True:
                     self.dispatch(*await queue.get())
             finally:
-                self.store.unlisten(queue)
+                self.store.events.unlisten(queue)
 
         return dispatch_forever()
 

@@ -90,7 +90,7 @@ async def save_review(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"notes: 最多 {MAX_NOTES} 字")
     score = call_detail(call, request.app[APP_PLAYBOOK], adherence_window(request))["adherence"]["score"]
     store = request.app[APP_STORE]
-    await store.off_loop(store.save_review, call["call_id"], user["username"], verdict, notes, score)
+    await store.off_loop(store.reviews.save_review, call["call_id"], user["username"], verdict, notes, score)
     log.info("review of call %s by %s: %s", call["call_id"], user["username"], verdict)
     if request.content_type == "application/json":
         return web.json_response({"ok": True, "verdict": verdict, "adherence_score": score})

@@ -10,7 +10,7 @@ Query ?call=ID narrows the socket to one call (the /live/ID view).
 
 Catch-up without duplicates: the socket first attaches to the app's LiveHub (which
 hands it every event committed from then on for its calls), then replays
-store.events_since(last_seq) for those calls, then streams; it never sends a call an
+store.events.events_since(last_seq) for those calls, then streams; it never sends a call an
 event at or below the last seq it sent that call, and the client ignores any such
 event too, so a reconnect with its last seq shows each event once. A screen that
 falls more than FEED_QUEUE events behind is closed with 4000 and reconnects
@@ -79,13 +79,13 @@ class Scope:
         if self.focus is not None:
             return [self.focus]
         if self.every:
-            calls = [c["call_id"] for c in self.store.live_calls()]
+            calls = [c["call_id"] for c in self.store.calls.live_calls()]
         else:
-            calls = [c["call_id"] for c in self.store.list_calls(
+            calls = [c["call_id"] for c in self.store.calls.list_calls(
                 endpoints=sorted(self.endpoints), status="live", limit=100)]
         for call_id in wanted[:MAX_WANTED]:
             if call_id not in calls and (self.every or can_view_call(
-                    self.user, self.store.get_call(call_id))):
+                    self.user, self.store.calls.get_call(call_id))):
                 calls.append(call_id)
         return calls
 
@@ -122,7 +122,7 @@ def _parse_hello(data: str) -> tuple[int, list[str]]:
 def _card_state(store: Any, call_ids: list[str]) -> dict[str, dict[str, Any]]:
     state: dict[str, dict[str, Any]] = {}
     for call_id in call_ids:
-        call = store.get_call(call_id) or {}
+        call = store.calls.get_call(call_id) or {}
         for card in call.get("cards", []):
             if card.get("acknowledged_by") or card.get("helpful") is not None:
                 state[card["card_id"]] = {"acknowledged": bool(card.get("acknowledged_by")),
@@ -143,7 +143,7 @@ async def _stream(ws: web.WebSocketResponse, scope: Scope, hub: LiveHub, last: i
     calls = scope.initial(wanted)
     hub.attach(feed, calls)
     try:
-        backlog = store.events_since(last, call_ids=calls)
+        backlog = store.events.events_since(last, call_ids=calls)
         for call_id in calls:
             scope.sent[call_id] = last
         for seq, event in backlog:
@@ -163,7 +163,7 @@ async def _stream(ws: web.WebSocketResponse, scope: Scope, hub: LiveHub, last: i
                 # a call joining mid-stream (an agent's AgentJoined, a new call on the
                 # board): its history first; the feed holds everything after this event
                 scope.sent[call_id] = 0
-                for old_seq, old in store.events_since(0, call_ids=[call_id]):
+                for old_seq, old in store.events.events_since(0, call_ids=[call_id]):
                     if old_seq < seq and scope.fresh(old_seq, old):
                         await _send(ws, old_seq, old)
             if scope.fresh(seq, event):

@@ -83,9 +83,10 @@ class CallMetrics:
                 self.card_latency.observe(max(0.0, event.at - (started + event.card.end)))
 
     async def follow(self, bus: Any, store: Any) -> None:
-        """Count until cancelled (the web app runs this for its lifetime)."""
+        """Count until cancelled (the web app runs this for its lifetime). Without `store`
+        (a worker or ARI node: the store's commits are the web nodes' to count) only the bus."""
         subscription = bus.subscribe() if bus is not None else None
-        stored = store.events.listen()
+        stored = store.events.listen() if store is not None else None
 
         async def bus_events() -> None:
             if subscription is None:
@@ -94,6 +95,8 @@ class CallMetrics:
                 self.observe(event)
 
         async def store_commits() -> None:
+            if stored is None:
+                return
             while True:
                 await stored.get()
                 self.events_stored += 1
@@ -103,7 +106,8 @@ class CallMetrics:
         finally:
             if subscription is not None:
                 subscription.close()
-            store.events.unlisten(stored)
+            if stored is not None:
+                store.events.unlisten(stored)
 
 
 class ServiceCollector(Collector):

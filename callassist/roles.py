@@ -39,13 +39,14 @@ def node_name(config: Config) -> str:
     return config.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _health_app(config: Config, health: Any) -> web.Application:
-    """/healthz and /metrics for a node without the web role."""
+def _health_app(config: Config, health: Any, calls_bus: Any) -> web.Application:
+    """/healthz and /metrics for a node without the web role; a worker's metrics count its
+    own calls (`calls_bus`: its in-process bus)."""
     from agent_ui.security import APP_CONFIG
     from agent_ui.views import health as health_views
     app = web.Application()
     app[APP_CONFIG] = config
-    health_views.setup(app, health)
+    health_views.setup(app, health, calls_bus, count_stored=False)
     return app
 
 
@@ -65,6 +66,7 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
     tasks: list[asyncio.Task] = []
     closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
     engine = None
+    local_bus = None                     # a worker's own calls (callassist.bus.ForwardingBus)
     ari = None
 
     def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -74,7 +76,7 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
 
     try:
         if "worker" in roles:
-            engine = await _start_worker(config, store, bus, node_id, spawn, closers)
+            engine, local_bus = await _start_worker(config, store, bus, node_id, spawn, closers)
         health = ServiceHealth(store, engine, ari_url=config.ari.url if "ari" in roles else "")
         if "web" in roles:
             from agent_ui.app import create_app
@@ -83,7 +85,7 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
             app = create_app(config, store, None, load_playbook(), health)
             spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
         else:
-            app = _health_app(config, health)
+            app = _health_app(config, health, local_bus)
         runner = make_runner(app, access_log=None)
         await runner.setup()
         closers.append(runner.cleanup)
@@ -114,7 +116,8 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
 
 async def _start_worker(config: Config, store: Any, bus: Any, node_id: str,
                         spawn: Callable[[Coroutine[Any, Any, Any], str], None],
-                        closers: list[Callable[[], Coroutine[Any, Any, None]]]) -> Any:
+                        closers: list[Callable[[], Coroutine[Any, Any, None]]]) -> tuple[Any, Any]:
+    """The worker role; returns its live engine and the in-process bus of its calls."""
     from agent_ui.live_reading import LiveReader
     from callassist.bus import ForwardingBus
     from callassist.postcall import PostCallPass
@@ -134,7 +137,7 @@ async def _start_worker(config: Config, store: Any, bus: Any, node_id: str,
     worker = WorkerService(config, local, engine, matcher, store.recordings_dir, config.cluster.bus_url, node_id)
     await worker.start()
     closers.append(worker.stop)
-    return engine
+    return engine, local
 
 
 async def _start_controller(config: Config, bus: Any, node_id: str,

@@ -47,9 +47,11 @@ def _loopback(remote: str | None) -> bool:
     return address.is_loopback
 
 
-def setup(app: web.Application, health: ServiceHealth, bus: object = None) -> None:
+def setup(app: web.Application, health: ServiceHealth, bus: object = None, *, count_stored: bool = True) -> None:
+    """`bus`: the calls' events to count (active calls, card latency); `count_stored`: also
+    count the store's commits (not on a node that does not serve screens)."""
     app[APP_HEALTH] = health
     app[APP_METRICS] = service_metrics = ServiceMetrics(health)
-    app.cleanup_ctx.append(service_metrics.follow_context(bus, health.store))
+    app.cleanup_ctx.append(service_metrics.follow_context(bus, health.store if count_stored else None))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -61,6 +61,7 @@ class ServiceHealth:
         self.engines = tuple(e for e in (engine, *engines) if e is not None)
         self.ari_url = ari_url
         self.ari: Any = None
+        self.ari_standby = False             # a controller waiting while another holds the Asterisk
 
     async def assess(self) -> HealthReport:
         report = HealthReport()
@@ -72,6 +73,9 @@ class ServiceHealth:
     def _check_ari(self, report: HealthReport) -> None:
         if not self.ari_url:
             report.checks["ari"] = {"state": "not configured"}
+            return
+        if self.ari_standby:                 # another controller of this Asterisk is active
+            report.checks["ari"] = {"state": "standby"}
             return
         connection = self.ari.connection if self.ari is not None else None
         state = connection.state if connection is not None else "connecting"

@@ -32,6 +32,7 @@ from aiohttp import web
 from callassist.config import Config
 
 log = logging.getLogger("callassist")
+CONTROLLER_LEASE_TTL = 5.0     # s: a standby ARI controller takes over within this
 
 
 def node_name(config: Config) -> str:
@@ -67,7 +68,6 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
     closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
     engine = None
     local_bus = None                     # a worker's own calls (callassist.bus.ForwardingBus)
-    ari = None
 
     def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -94,12 +94,9 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
         on_listening(f"callassist: node {node_id} ({', '.join(sorted(roles))}) on "
                      f"{config.web.host}:{config.web.port}, bus {_safe_url(config.cluster.bus_url)}")
         if "ari" in roles:
-            ari = await _start_controller(config, bus, node_id, closers)
-            health.ari = ari
+            spawn(Controller(config, bus, node_id, health).run(), "ari-controller")
         await stop.wait()
     finally:
-        if ari is not None:
-            await ari.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -140,33 +137,56 @@ async def _start_worker(config: Config, store: Any, bus: Any, node_id: str,
     return engine, local
 
 
-async def _start_controller(config: Config, bus: Any, node_id: str,
-                            closers: list[Callable[[], Coroutine[Any, Any, None]]]) -> Any:
-    from redis.asyncio import Redis
+class Controller:
+    """The ARI role for one Asterisk. Controllers of the same Asterisk ([ari] url) take turns
+    through the lease "ari:<url>": the holder runs the ARI application (Asterisk gives an app's
+    events to one websocket), a standby takes over within the lease's ttl when the holder
+    dies. Each call's media is on a worker (RemoteMediaHost); when its worker dies the call
+    is moved."""
 
-    from ari_app.app import AriApp
-    from ari_app.remote_media import RemoteMediaHost
-    from callassist.registry import WorkerRegistry
+    def __init__(self, config: Config, bus: Any, node_id: str, health: Any) -> None:
+        from redis.asyncio import Redis
 
-    redis = Redis.from_url(config.cluster.bus_url)
-    registry = WorkerRegistry(redis, config.cluster.worker_timeout_s)
-    app: AriApp | None = None
+        from ari_app.remote_media import RemoteMediaHost
+        from callassist.leases import Lease
+        from callassist.registry import WorkerRegistry
 
-    async def worker_lost(call_ids: list[str], worker: str) -> None:
-        assert app is not None
-        await asyncio.gather(*(app.move_call(call_id, f"识别节点 {worker} 失联") for call_id in call_ids),
-                             return_exceptions=True)
+        self.config = config
+        self.bus = bus
+        self.health = health
+        self._redis = Redis.from_url(config.cluster.bus_url)
+        registry = WorkerRegistry(self._redis, config.cluster.worker_timeout_s)
+        self.media = RemoteMediaHost(config.cluster.bus_url, node_id, registry, self._worker_lost,
+                                     heartbeat_s=config.cluster.heartbeat_s)
+        self.lease = Lease(bus.redis, f"ari:{config.ari.url}", node_id, ttl=CONTROLLER_LEASE_TTL)
+        self.app: Any = None
 
-    media = RemoteMediaHost(config.cluster.bus_url, node_id, registry, worker_lost,
-                            heartbeat_s=config.cluster.heartbeat_s)
-    await media.start()
-    closers.append(redis.aclose)
-    closers.append(media.close)
-    app = AriApp(config, bus, media=media)
-    print(f"callassist: ARI application '{config.ari.app}': connecting to Asterisk at {config.ari.url}",
-          flush=True)
-    await app.start()
-    return app
+    async def run(self) -> None:
+        await self.media.start()
+        self.health.ari_standby = True
+        try:
+            await self.lease.run(self._control)
+        finally:
+            await self.media.close()
+            await self._redis.aclose()
+
+    async def _control(self) -> None:
+        """While this node holds the Asterisk's lease: the ARI application."""
+        from ari_app.app import AriApp
+        self.app = AriApp(self.config, self.bus, media=self.media)
+        self.health.ari, self.health.ari_standby = self.app, False
+        log.info("ARI application '%s': connecting to Asterisk at %s", self.config.ari.app, self.config.ari.url)
+        await self.app.start()
+        try:
+            await asyncio.Event().wait()              # until the lease is lost or the node stops
+        finally:
+            await self.app.stop()
+            self.health.ari, self.health.ari_standby, self.app = None, True, None
+
+    async def _worker_lost(self, call_ids: list[str], worker: str) -> None:
+        if self.app is not None:
+            await asyncio.gather(*(self.app.move_call(call_id, f"识别节点 {worker} 失联") for call_id in call_ids),
+                                 return_exceptions=True)
 
 
 def _safe_url(url: str) -> str:

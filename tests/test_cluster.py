@@ -1,7 +1,7 @@
 """callassist as a cluster of processes (issue 10): real `callassist serve` nodes, real
 PostgreSQL, real Redis, two real Asterisks, crashes by kill -9.
 
-The cluster: an ARI controller per Asterisk (ari-a, ari-b), two workers (media + Whisper),
+The cluster: an ARI controller per Asterisk (ari-a, ari-b; ari-a2 a standby for A), two workers (media + Whisper),
 two web nodes; every node is `python -m callassist serve` with its own environment over one
 shared configuration file (tests/cluster_fixture.py). Agents log in through the web form and
 watch their calls on the real /ws websocket.
@@ -15,6 +15,8 @@ watch their calls on the real /ws websocket.
   to the other web node with its last seq and ends up with every stored event of the call once;
 - PostgreSQL down mid-call (stopped until the bus has carried events of the call, then
   started): every event the bus carried for the call is stored, once; the screen goes on;
+- kill -9 of the ARI controller holding Asterisk A's lease: the standby (ari-a2) takes the
+  lease and the Asterisk, and the next call through it is carded;
 - every node stops cleanly on SIGTERM.
 
 Before those, one `serve` process (role "all") on the same servers and calls: the control
@@ -144,6 +146,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     request.config.pluginmanager.register(plugin, "callassist-cluster-report")
     cluster.add_node("ari-a", "ari", asterisk="a")
     cluster.add_node("ari-b", "ari", asterisk="b")
+    cluster.add_node("ari-a2", "ari", asterisk="a")          # a standby controller for Asterisk A
     first = random_rtp_range()
     second = (first[1] + 1, first[1] + 100) if first[1] + 100 < 50000 else (first[0] - 100, first[0] - 1)
     cluster.add_node("worker-1", "worker", rtp_range=first)
@@ -157,7 +160,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         started = time.monotonic()
         try:
             cluster.start()
-            figure("cluster start (6 nodes to /healthz 200) s", round(time.monotonic() - started, 1))
+            figure("cluster start (7 nodes to /healthz 200) s", round(time.monotonic() - started, 1))
             in_thread(wait_cluster_formed(cluster))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n\n{cluster.report()}") from None
@@ -511,6 +514,44 @@ async def test_d_postgres_down_mid_call_loses_nothing(whole: Cluster, bus: BusVi
 
 async def _empty(found: Any) -> bool:
     return not await found
+
+
+# ---------------------------------------------------------------- kill -9 the active ARI controller
+
+async def test_d2_a_standby_controller_takes_over_its_asterisk(whole: Cluster, bus: BusView) -> None:
+    cluster = whole
+    lease = f"ari:{cluster.asterisks['a'].ari.url}"
+    await wait_until(lambda: bus.lease_holder(lease), 30, f"a controller holding {lease}")
+    active = await bus.lease_holder(lease)
+    assert active in ("ari-a", "ari-a2"), active
+    standby = next(n for n in ("ari-a", "ari-a2") if n != active)
+    status, health = await asyncio.to_thread(cluster.nodes[standby].read_health) or (0, {})
+    assert status == 200 and health["checks"]["ari"]["state"] == "standby", health      # control
+    killed = time.monotonic()
+    cluster.nodes[active].kill9()
+    await wait_until(lambda: _holds(bus, lease, standby), 30, f"{standby} taking over {lease}")
+    figure("(d2) standby ARI controller holds the Asterisk after kill -9, s", round(time.monotonic() - killed, 1))
+    screen = await screen_on(cluster.nodes["web-2"], USER_A)
+    audio, _ = customer_audio(cluster.audio_dir, "standby", [(0.3, FIRST)], tail=20.0)
+    try:
+        async with network_for(cluster.asterisks["a"].ari) as network:
+            async def registered() -> bool:
+                async with network.session.get(f"{network.ari.url}/ari/applications") as resp:
+                    return any(app["name"] == "callassist" for app in await resp.json())
+            await wait_until(registered, 30, "the standby's ARI app connected")
+            call_id = await place_call(network, AGENT_A, audio)
+            try:
+                await screen.wait_for(call_id, "CardFired", CALL_TIMEOUT, card_of(FIRST_CARD))
+                figure("(d2) first call after the takeover carded, s after kill", round(time.monotonic() - killed, 1))
+            finally:
+                await network.hangup(call_id)
+            await screen.wait_for(call_id, "CallEnded", 30)
+    finally:
+        await screen.close()
+
+
+async def _holds(bus: BusView, lease: str, node: str) -> bool:
+    return await bus.lease_holder(lease) == node
 
 
 # ---------------------------------------------------------------- a clean stop

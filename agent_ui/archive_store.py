@@ -4,7 +4,8 @@ calls, a card. Reached as `store.calls`. Read-only, on the engine's read connect
 Chinese full-text search without a word segmenter: the final transcript's normalised
 form (`search_form`) is searched as a substring. 3+ characters use a trigram index
 (SQLite: the FTS5 trigram table utterances_fts; PostgreSQL: pg_trgm's GIN index with
-LIKE); shorter queries scan with LIKE on both (a trigram index cannot answer them).
+LIKE, and for two characters a GIN index of each line's character pairs); shorter queries
+scan with LIKE.
 """
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ class CallArchive:
             # pg_trgm: the GIN index finds candidate rows by trigrams, LIKE checks them
             return ("c.call_id IN (SELECT u.call_id FROM utterances u "
                     "WHERE u.search_text LIKE ? ESCAPE '\\')", _like_pattern(query))
+        if len(query) == 2 and self._db.dialect.name == "postgresql":
+            # the character-pair index (agent_ui.migrations.postgres step 2): exact for two
+            return ("c.call_id IN (SELECT u.call_id FROM utterances u "
+                    "WHERE callassist_bigrams(u.search_text) @> ARRAY[?]::text[])", query)
         return ("EXISTS (SELECT 1 FROM utterances u WHERE u.call_id = c.call_id "
                 "AND u.search_text LIKE ? ESCAPE '\\')", _like_pattern(query))
 

@@ -79,7 +79,7 @@ def index_bytes(store: Store) -> int:
         if store.engine == "sqlite":
             return int(db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'utterances_fts%'")
                        .fetchone()[0])
-        return int(db.execute("SELECT pg_relation_size('utterances_trgm')").fetchone()[0])
+        return int(db.execute("SELECT pg_relation_size('utterances_trgm') + pg_relation_size('utterances_bigrams')").fetchone()[0])
 
 
 def queries(utterance_rows: list[tuple], count: int, seed: int = 11) -> dict[int, list[str]]:

@@ -185,6 +185,23 @@ def test_three_characters_or_more_use_the_trigram_index(postgres_url: str, tmp_p
     store.close()
 
 
+def test_two_characters_use_the_character_pair_index(postgres_url: str, tmp_path: Path) -> None:
+    store = pg_store(postgres_url, tmp_path)
+    store.events.record_many(simple_call("c", texts=("我要去工信部投诉你们",)))
+    store.events.record_many(simple_call("d", at=T0 + 1, texts=("您的话费已经退回",)))
+    with store.db.query() as db:
+        db.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in db.execute(
+            "EXPLAIN SELECT call_id FROM utterances WHERE callassist_bigrams(search_text) @> ARRAY[?]::text[]",
+            ("投诉",)))
+        assert "utterances_bigrams" in plan
+        db.execute("RESET enable_seqscan")
+    assert [c["call_id"] for c in store.calls.list_calls(text="投诉")] == ["c"]
+    assert [c["call_id"] for c in store.calls.list_calls(text="话费")] == ["d"]
+    assert store.calls.list_calls(text="诉话") == []            # control: pairs across lines do not match
+    store.close()
+
+
 # --- the live feed across processes ---------------------------------------------------
 
 WRITER_PROCESS = textwrap.dedent("""

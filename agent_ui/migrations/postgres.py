@@ -8,7 +8,8 @@ Differences from SQLite, on purpose:
 - key text columns are COLLATE "C" so that ORDER BY compares bytes as SQLite does (the
   same order on every server, whatever its locale);
 - full-text search is a pg_trgm GIN index on utterances.search_text (LIKE '%...%' of
-  3+ characters uses it; SQLite has an FTS5 trigram table instead);
+  3+ characters uses it; SQLite has an FTS5 trigram table instead), and for two-character
+  queries a GIN index of each line's character pairs (step 2);
 - payloads stay JSON text, byte for byte what SQLite stores.
 """
 from __future__ import annotations
@@ -155,6 +156,19 @@ _INITIAL = (
     )""",
 )
 
+# Two-character queries (投诉, 话费, 退费: most Chinese words) are beyond a trigram index: without
+# this they read every utterance (0.45 s at 400,000 lines). Each line's distinct character pairs
+# as an array with a GIN index: `callassist_bigrams(search_text) @> ARRAY[query]` answers them
+# exactly. An array, not a tsvector: no text parser, so no dependence on the server's locale.
+_BIGRAMS = (
+    """CREATE FUNCTION callassist_bigrams(t text) RETURNS text[]
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        AS $$ SELECT coalesce(array_agg(DISTINCT substr(t, i, 2)), '{}')
+              FROM generate_series(1, length(t) - 1) AS i $$""",
+    "CREATE INDEX utterances_bigrams ON utterances USING gin (callassist_bigrams(search_text))",
+)
+
 PG_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema (SQLite steps 1-5), pg_trgm search", _INITIAL),
+    Migration(2, "two-character search: a GIN index of each line's character pairs", _BIGRAMS),
 )

@@ -82,8 +82,12 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
             from agent_ui.app import create_app
             from callassist.store_feed import StoreFeed
             from prompts.playbook import load_playbook
+            from callassist.leases import Lease
+            from callassist.serve import _purge_daily
             app = create_app(config, store, None, load_playbook(), health)
             spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
+            # one node of the cluster purges old calls and their recordings
+            spawn(Lease(bus.redis, "retention", node_id).run(lambda: _purge_daily(store, config)), "retention")
         else:
             app = _health_app(config, health, local_bus)
         runner = make_runner(app, access_log=None)

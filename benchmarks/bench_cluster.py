@@ -35,7 +35,7 @@ from callassist import wire  # noqa: E402
 from callassist.bus import EventBus  # noqa: E402
 from callassist.events import (AgentJoined, CallEnded, CallEvent, CallStarted, Card, CardFired,  # noqa: E402
                                CitationView, TranscriptUpdate)
-from callassist.redis_bus import RedisEventBus  # noqa: E402
+from callassist.redis_bus import RedisEventBus, stop_task  # noqa: E402
 from callassist.store_feed import StoreFeed  # noqa: E402
 from servers import PostgresServer, RedisServer, postgres_bin_dir  # noqa: E402
 
@@ -152,8 +152,8 @@ async def cluster(tmp: Path, redis: RedisServer, pg: PostgresServer, calls: int,
     stats_after = _pg_stats(writer_store)
     memory = await worker_bus.redis.memory_usage("callassist:events") or 0
     stop.set()
-    feed.cancel()
-    await asyncio.gather(feed, follower, return_exceptions=True)
+    await stop_task(feed)
+    await asyncio.gather(follower, return_exceptions=True)
     await worker_bus.close()
     await web_bus.close()
     writer_store.close()

@@ -167,16 +167,20 @@ async def main() -> None:
 def report(results: dict[str, list[dict]], calls: int) -> None:
     print(f"\n{calls} concurrent calls of {len(SENTENCES)} complaint sentences; Whisper base live; "
           f"{len(results['cluster'])} round(s)")
-    print("\nCPU seconds per second of call, per process (calls per core = 1 / that)")
+    print("\nCPU seconds per second of call, per role (all its processes; calls per core = 1 / that)")
     for mode, runs in results.items():
         totals: dict[str, float] = {}
+        processes: dict[str, set[str]] = {}
         call_seconds = sum(r["call_seconds"] for r in runs)
         for r in runs:
             for node, cpu in r["cpu"].items():
-                totals[node] = totals.get(node, 0.0) + cpu
-        for node, cpu in totals.items():
+                role = node.split("-")[0]
+                totals[role] = totals.get(role, 0.0) + cpu
+                processes.setdefault(role, set()).add(node)
+        for role, cpu in totals.items():
             per = cpu / call_seconds
-            print(f"  {mode:<8}{node:<10}{per:8.3f} s/s  {1 / per if per else float('inf'):7.1f} calls per core")
+            print(f"  {mode:<8}{role:<8}{len(processes[role]):2d} process(es) {per:8.3f} s/s  "
+                  f"{1 / per if per else float('inf'):7.1f} calls per core")
     print("\ncard on the agent's screen after the sentence's last audio, s (placing the call counts as t=0)")
     single = [v for r in results["single"] for v in r["latencies"]]
     multi = [v for r in results["cluster"] for v in r["latencies"]]

@@ -57,7 +57,7 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
     from agent_ui.limits import make_runner
     from agent_ui.store import open_store
     from callassist.health import ServiceHealth
-    from callassist.redis_bus import RedisEventBus
+    from callassist.redis_bus import RedisEventBus, stop_task
 
     roles = config.cluster.roles
     node_id = node_name(config)
@@ -103,7 +103,8 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:               # redis-py may swallow a cancellation: see stop_task
+            await stop_task(task)
         for close in reversed(closers):
             try:
                 await close()

@@ -58,3 +58,15 @@ from asterisk_fixture import asterisk  # noqa: F401  (registers the session fixt
 # (bus, shared store), started once per session; see tests/servers.py.
 # ---------------------------------------------------------------------------------------
 from servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401,E402
+
+
+# ---------------------------------------------------------------------------------------
+# peer: the ARI test peer (tests/ari_peer.py) for one test, where a fault must be made on
+# demand (tests/test_retap.py, tests/test_media_move.py).
+# ---------------------------------------------------------------------------------------
+@_asr_pytest.fixture
+async def peer():
+    from ari_peer import AriPeer
+    started = await AriPeer().start()
+    yield started
+    await started.stop()

@@ -92,13 +92,6 @@ async def test_local_media_host_records_and_transcribes_a_call_without_ari(tmp_p
     await host.close()
 
 
-@pytest.fixture
-async def peer():
-    peer = await AriPeer().start()
-    yield peer
-    await peer.stop()
-
-
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 async def test_a_moved_call_is_heard_again_with_the_gap_in_its_record(peer: AriPeer, tmp_path: Path,
                                                                        fmt: str) -> None:

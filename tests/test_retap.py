@@ -138,13 +138,6 @@ def restart_gap(events: list) -> tuple[float, float]:
     return float(gap_from), float(gap_to)
 
 
-@pytest.fixture
-async def peer():
-    peer = await AriPeer().start()
-    yield peer
-    await peer.stop()
-
-
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 async def test_call_still_up_after_a_crash_is_tapped_again(peer: AriPeer, tmp_path: Path, fmt: str) -> None:
     from callassist.events import CallEnded

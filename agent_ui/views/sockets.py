@@ -80,12 +80,20 @@ class OpenSockets:
         return ended
 
     async def watch_sessions(self, interval: float = SESSION_CHECK_INTERVAL) -> None:
+        unreachable = False                # the database is restarting: said once
         try:
             while True:
                 await asyncio.sleep(interval)
                 try:
                     await self.check_sessions()
-                except Exception:          # a failed check must not stop the next ones
-                    log.exception("checking the sessions of open websockets failed")
+                    if unreachable:
+                        log.info("checking the sessions of open websockets again")
+                    unreachable = False
+                except Exception as exc:   # a failed check must not stop the next ones
+                    if not self.store.db.retry_later(exc):
+                        log.exception("checking the sessions of open websockets failed")
+                    elif not unreachable:  # the database restarting: once per outage
+                        log.warning("cannot check the sessions of open websockets: %s", exc)
+                    unreachable = self.store.db.retry_later(exc)
         finally:
             self._checker.shutdown(wait=False)

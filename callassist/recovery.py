@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,58 @@ from ari_app.recorder import PARTIAL_SUFFIX, recover_call_recording, recover_par
 if TYPE_CHECKING:
     from agent_ui.store import Store
     from ari_app.app import AriApp
+    from callassist.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
 RESUME_WAIT = 15.0     # seconds Asterisk gets at start-up before interrupted calls are closed out
+
+
+def recording_recovery(recordings_dir: Path) -> Callable[[str, Path | None], tuple[Path, float] | None]:
+    """For close_interrupted_calls: a call's recording found, repaired and measured."""
+    def recover(call_id: str, stored: Path | None) -> tuple[Path, float] | None:
+        found = recover_call_recording(recordings_dir, call_id, stored)
+        return None if found is None else (found.path, found.duration)
+    return recover
+
+
+class UnhostedCalls:
+    """On a cluster: calls the database says are live that no worker hosts (the whole cluster
+    stopped while they were up, or their worker died with no controller left to move them).
+    Seen unhosted at two checks `grace` seconds apart (a call being opened or moved is hosted
+    again within seconds), they are closed out as start-up recovery closes a single process's
+    leftovers: a fault, the recording linked, repaired and measured, the call ended."""
+
+    PROBLEM = "没有识别节点处理此通话（集群曾停止，或其识别节点失联且无控制节点转移），已结束"
+
+    def __init__(self, store: Store, registry: WorkerRegistry, grace: float = 60.0) -> None:
+        self.store = store
+        self.registry = registry
+        self.grace = grace
+        self._unhosted: set[str] = set()      # seen unhosted at the last check
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.grace)
+            try:
+                await self.check()
+            except Exception:                 # Redis or the database away: the next check
+                log.exception("checking for calls no worker hosts failed")
+
+    async def check(self) -> int:
+        """One check; returns how many calls were closed out."""
+        live = await asyncio.to_thread(self.store.calls.live_calls)
+        hosted = {call_id for worker in await self.registry.live_workers() for call_id in worker.call_ids}
+        now = time.time()
+        unhosted = {c["call_id"] for c in live if c["call_id"] not in hosted and now - c["started_at"] > self.grace}
+        due = unhosted & self._unhosted
+        self._unhosted = unhosted - due
+        if not due:
+            return 0
+        closed = await asyncio.to_thread(self.store.recovery.close_interrupted_calls, problem=self.PROBLEM,
+                                         recover=recording_recovery(self.store.recordings_dir), call_ids=due)
+        log.warning("%d live call(s) no worker hosts were closed out: %s", closed, ", ".join(sorted(due)))
+        return closed
 
 
 class StartupRecovery:
@@ -52,12 +101,9 @@ class StartupRecovery:
         """Close out the interrupted calls not `resumed`, with their recordings, then
         finish any other FLAC capture left (not those `in_use`: being continued).
         Blocking (FLAC encoding): run it in a thread. Returns how many calls were closed."""
-        def recover(call_id: str, stored: Path | None) -> tuple[Path, float] | None:
-            found = recover_call_recording(self.store.recordings_dir, call_id, stored)
-            return None if found is None else (found.path, found.duration)
-
         ids = {c["call_id"] for c in self.interrupted} - set(resumed)
-        closed = self.store.recovery.close_interrupted_calls(recover=recover, call_ids=ids) if ids else 0
+        closed = self.store.recovery.close_interrupted_calls(
+            recover=recording_recovery(self.store.recordings_dir), call_ids=ids) if ids else 0
         if closed:
             log.warning("%d call(s) were live when callassist last stopped; closed them out with "
                         "their recordings", closed)

@@ -34,6 +34,7 @@ class WorkerInfo:
     capacity: int            # calls it takes; 0 while stopping
     calls: int               # calls it hosts now
     started_at: float        # wall clock of its start: a worker restarted under the same id differs
+    call_ids: tuple[str, ...] = ()   # the calls it hosts (calls no worker hosts are closed out)
 
     @property
     def free(self) -> int:
@@ -46,7 +47,8 @@ class WorkerInfo:
     def from_json(cls, data: str | bytes) -> WorkerInfo:
         raw = json.loads(data)
         return cls(node_id=str(raw["node_id"]), rtp_host=str(raw["rtp_host"]), capacity=int(raw["capacity"]),
-                   calls=int(raw["calls"]), started_at=float(raw["started_at"]))
+                   calls=int(raw["calls"]), started_at=float(raw["started_at"]),
+                   call_ids=tuple(str(call_id) for call_id in raw.get("call_ids", ())))
 
 
 def choose_worker(workers: Iterable[WorkerInfo], exclude: Collection[str] = (),

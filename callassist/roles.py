@@ -86,8 +86,14 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
             from callassist.serve import _purge_daily
             app = create_app(config, store, None, load_playbook(), health)
             spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
-            # one node of the cluster purges old calls and their recordings
-            spawn(Lease(bus.redis, "retention", node_id).run(lambda: _purge_daily(store, config)), "retention")
+            from callassist.recovery import UnhostedCalls
+            from callassist.registry import WorkerRegistry
+            unhosted = UnhostedCalls(store, WorkerRegistry(bus.redis, config.cluster.worker_timeout_s))
+
+            async def housekeeping() -> None:
+                await asyncio.gather(_purge_daily(store, config), unhosted.run())
+            # one node of the cluster purges old calls and closes out calls no worker hosts
+            spawn(Lease(bus.redis, "housekeeping", node_id).run(housekeeping), "housekeeping")
         else:
             app = _health_app(config, health, local_bus)
         runner = make_runner(app, access_log=None)

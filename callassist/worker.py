@@ -114,7 +114,7 @@ class WorkerService:
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.node_id, self.config.rtp.advertise_host, 0 if self._draining else self.capacity,
-                          self.calls, self.started_at)
+                          self.calls, self.started_at, tuple(self.media.calls))
 
     async def _end_orphans(self) -> None:
         """End a call nobody hears any more: no RTP on any of its legs for orphan_after

@@ -311,3 +311,32 @@ async def test_a_call_nobody_taps_any_more_is_ended_by_its_worker(cluster):
     await sender
     await host.end_call("heard", 4.0)
     await observer.wait_for(CallEnded, "heard")
+
+
+async def test_live_calls_no_worker_hosts_are_closed_out_after_two_checks(cluster, redis_url, tmp_path):
+    """The whole cluster stopped with calls up: the database says live, no worker has them."""
+    from agent_ui.store import Store
+    from callassist.recovery import UnhostedCalls
+    make_worker, make_host, observer = cluster
+    worker = await make_worker("w1", 47600)
+    host = await make_host()
+    now = time.time()
+    store = Store(tmp_path / "callassist.db")
+    for call_id, age in (("gone", 300), ("young", 5)):
+        store.events.record_many([CallStarted(call_id, at=now - age)])
+    await host.open_call("hosted", "", now - 300)              # on a live worker
+    store.events.record_many([CallStarted("hosted", at=now - 300)])
+    await worker.service._beat()
+    redis = Redis.from_url(redis_url)
+    try:
+        housekeeping = UnhostedCalls(store, WorkerRegistry(redis, TIMEOUT_S), grace=60)
+        assert await housekeeping.check() == 0                  # seen once: not yet
+        assert await housekeeping.check() == 1                  # seen twice: closed out
+        assert {c["call_id"] for c in store.calls.live_calls()} == {"hosted", "young"}   # controls
+        gone = [e for _, e in store.events.events_since(0, call_ids=["gone"])]
+        assert [e["type"] for e in gone] == ["CallStarted", "CallFault", "CallEnded"]
+        assert gone[1]["problem"] == UnhostedCalls.PROBLEM
+    finally:
+        store.close()
+        await redis.aclose()
+        await host.end_call("hosted", 1.0)

@@ -79,21 +79,7 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
             engine, local_bus = await _start_worker(config, store, bus, node_id, spawn, closers)
         health = ServiceHealth(store, engine, ari_url=config.ari.url if "ari" in roles else "")
         if "web" in roles:
-            from agent_ui.app import create_app
-            from callassist.store_feed import StoreFeed
-            from prompts.playbook import load_playbook
-            from callassist.leases import Lease
-            from callassist.serve import _purge_daily
-            app = create_app(config, store, None, load_playbook(), health)
-            spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
-            from callassist.recovery import UnhostedCalls
-            from callassist.registry import WorkerRegistry
-            unhosted = UnhostedCalls(store, WorkerRegistry(bus.redis, config.cluster.worker_timeout_s))
-
-            async def housekeeping() -> None:
-                await asyncio.gather(_purge_daily(store, config), unhosted.run())
-            # one node of the cluster purges old calls and closes out calls no worker hosts
-            spawn(Lease(bus.redis, "housekeeping", node_id).run(housekeeping), "housekeeping")
+            app = _start_web(config, store, bus, node_id, health, spawn)
         else:
             app = _health_app(config, health, local_bus)
         runner = make_runner(app, access_log=None)
@@ -120,6 +106,27 @@ async def run_node(config: Config, stop: asyncio.Event, *, ssl_context: Any = No
         if engine is not None:
             engine.close()
         store.close()
+
+
+def _start_web(config: Config, store: Any, bus: Any, node_id: str, health: Any,
+               spawn: Callable[[Coroutine[Any, Any, Any], str], None]) -> web.Application:
+    """The web role: the app, and, each while this node holds its lease, the store feed
+    (bus -> store) and the housekeeping (retention, calls no worker hosts)."""
+    from agent_ui.app import create_app
+    from callassist.leases import Lease
+    from callassist.recovery import UnhostedCalls
+    from callassist.registry import WorkerRegistry
+    from callassist.serve import _purge_daily
+    from callassist.store_feed import StoreFeed
+    from prompts.playbook import load_playbook
+
+    unhosted = UnhostedCalls(store, WorkerRegistry(bus.redis, config.cluster.worker_timeout_s))
+
+    async def housekeeping() -> None:
+        await asyncio.gather(_purge_daily(store, config), unhosted.run())
+    spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
+    spawn(Lease(bus.redis, "housekeeping", node_id).run(housekeeping), "housekeeping")
+    return create_app(config, store, None, load_playbook(), health)
 
 
 async def _start_worker(config: Config, store: Any, bus: Any, node_id: str,

@@ -213,26 +213,21 @@ def redis_cost(events: list[CallEvent], copies: int) -> float | None:
         return None
     import psutil  # type: ignore[import-untyped]
     import redis
-    from servers import RedisServer
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
-        server = RedisServer(Path(tmp))
-        server.start()
-        try:
-            assert server.proc is not None
-            client = redis.Redis.from_url(server.url())
-            process = psutil.Process(server.proc.pid)
-            payloads = [wire_bytes_of(e) for e in events]
-            before = sum(process.cpu_times()[:2])
-            pipe = client.pipeline(transaction=False)
-            for _ in range(copies):
-                for payload in payloads:
-                    pipe.xadd("callassist:events", {b"e": payload}, maxlen=1_000_000, approximate=True)
-                pipe.execute()
-            used = sum(process.cpu_times()[:2]) - before
-            client.close()
-            return used / (copies * len(payloads))
-        finally:
-            server.stop()
+    from servers import running_redis
+    with running_redis("bench-redis-") as server:
+        assert server.proc is not None
+        client = redis.Redis.from_url(server.url())
+        process = psutil.Process(server.proc.pid)
+        payloads = [wire_bytes_of(e) for e in events]
+        before = sum(process.cpu_times()[:2])
+        pipe = client.pipeline(transaction=False)
+        for _ in range(copies):
+            for payload in payloads:
+                pipe.xadd("callassist:events", {b"e": payload}, maxlen=1_000_000, approximate=True)
+            pipe.execute()
+        used = sum(process.cpu_times()[:2]) - before
+        client.close()
+        return used / (copies * len(payloads))
 
 
 def wire_bytes_of(event: CallEvent) -> bytes:
@@ -292,21 +287,13 @@ def postgres(url: str | None):
     if url != "auto":
         yield url
         return
-    from servers import PostgresServer, postgres_bin_dir
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
+    from servers import postgres_bin_dir, running_postgres
+    if postgres_bin_dir() is None:
         print("(no PostgreSQL server installed: --postgres auto skipped)")
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
-        os.chmod(tmp, 0o755)
-        server = PostgresServer(Path(tmp) / "pg", bin_dir)
-        server.init()
-        server.start()
-        try:
-            yield server.fresh_url()
-        finally:
-            server.stop()
+    with running_postgres("bench-pg-") as server:
+        yield server.fresh_url()
 
 
 # -------------------------------------------------------------------------- the table

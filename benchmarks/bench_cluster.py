@@ -37,7 +37,7 @@ from callassist.events import (AgentJoined, CallEnded, CallEvent, CallStarted, C
                                CitationView, TranscriptUpdate)
 from callassist.redis_bus import RedisEventBus, stop_task  # noqa: E402
 from callassist.store_feed import StoreFeed  # noqa: E402
-from servers import PostgresServer, RedisServer, postgres_bin_dir  # noqa: E402
+from servers import PostgresServer, RedisServer, running_postgres, running_redis  # noqa: E402
 
 EVENTS_PER_SECOND_PER_CALL = 2.5      # interims every 0.5 s while someone speaks, finals, cards
 CARD_EVERY = 25                       # one card per this many events of a call
@@ -182,33 +182,20 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="single process and cluster alternated this often")
     args = parser.parse_args()
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        sys.exit("PostgreSQL server not installed (Debian package postgresql)")
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as name:
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as name, \
+            running_redis("bench-cluster-redis-") as redis, running_postgres("bench-cluster-pg-") as pg:
         tmp = Path(name)
-        tmp.chmod(0o755)
-        redis = RedisServer(tmp / "redis")
-        (tmp / "redis").mkdir()
-        pg = PostgresServer(tmp / "pg", bin_dir)
-        redis.start()
-        pg.init()
-        pg.start()
-        try:
-            print(f"{args.calls} calls x {args.seconds:.0f} s, {EVENTS_PER_SECOND_PER_CALL} events/s per call, "
-                  f"a card every {CARD_EVERY} events; single process and cluster alternated, "
-                  f"{args.rounds} rounds")
-            single: list[float] = []
-            cards_single = 0
-            results = []
-            for _ in range(args.rounds):
-                measured, cards = await single_process(tmp, args.calls, args.seconds)
-                single += measured
-                cards_single += cards
-                results.append(await cluster(tmp, redis, pg, args.calls, args.seconds))
-        finally:
-            pg.stop()
-            redis.stop()
+        print(f"{args.calls} calls x {args.seconds:.0f} s, {EVENTS_PER_SECOND_PER_CALL} events/s per call, "
+              f"a card every {CARD_EVERY} events; single process and cluster alternated, "
+              f"{args.rounds} rounds")
+        single: list[float] = []
+        cards_single = 0
+        results = []
+        for _ in range(args.rounds):
+            measured, cards = await single_process(tmp, args.calls, args.seconds)
+            single += measured
+            cards_single += cards
+            results.append(await cluster(tmp, redis, pg, args.calls, args.seconds))
     single.sort()
     multi = sorted(v for r in results for v in r["latencies"])
     result = {key: sum(r[key] for r in results) for key in ("cards", "bytes", "entries", "xacts", "rows")}

@@ -36,7 +36,7 @@ from redis.asyncio import Redis  # noqa: E402
 from asterisk_fixture import launch_asterisk, network_for, unpack_asterisk  # noqa: E402
 from cluster_fixture import (CLUSTER_DIALPLAN, AgentScreen, Cluster, Node, agent_endpoint,  # noqa: E402
                              customer_audio, find_whisper_model, place_call)
-from servers import PostgresServer, RedisServer, postgres_bin_dir  # noqa: E402
+from servers import running_postgres, running_redis  # noqa: E402
 
 SENTENCES = (("s3", "regulator_complaint"), ("s4", "lawsuit_threat"), ("s2", "media_exposure"),
              ("s1", "compensation_demand"))
@@ -114,17 +114,12 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     whisper = find_whisper_model()
-    bin_dir = postgres_bin_dir()
-    if whisper is None or bin_dir is None:
-        sys.exit("needs the Whisper base model and Debian's postgresql")
-    with tempfile.TemporaryDirectory(prefix="bench-roles-") as name:
+    if whisper is None:
+        sys.exit("needs the Whisper base model")
+    with tempfile.TemporaryDirectory(prefix="bench-roles-") as name, \
+            running_redis("bench-roles-redis-") as redis, running_postgres("bench-roles-pg-") as pg:
         base = Path(name)
         base.chmod(0o755)
-        (base / "redis").mkdir()
-        redis, pg = RedisServer(base / "redis"), PostgresServer(base / "pg", bin_dir)
-        redis.start()
-        pg.init()
-        pg.start()
         (base / "ast").mkdir()
         server, real = launch_asterisk(unpack_asterisk(base / "ast"), base, systemname="pbx-a",
                                        extra_dialplan=CLUSTER_DIALPLAN)
@@ -159,8 +154,6 @@ async def main() -> None:
         finally:
             cluster.stop()
             server.stop()
-            pg.stop()
-            redis.stop()
     report(results, args.calls)
 
 

@@ -16,8 +16,8 @@ PostgreSQL 15 of its own is started in a temporary directory (tests/servers.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import random
 import statistics
 import sys
@@ -137,35 +137,25 @@ def main() -> None:
     by_length = queries(utterance_rows, args.queries)
     print(f"{args.calls} calls x {args.utterances} utterances = {len(utterance_rows)} lines, "
           f"{args.queries} queries per length", flush=True)
-    server = None
-    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp, contextlib.ExitStack() as stack:
         url = args.database_url
         if not url:
-            from servers import PostgresServer, postgres_bin_dir
-            bin_dir = postgres_bin_dir()
-            if bin_dir is None:
+            from servers import postgres_bin_dir, running_postgres
+            if postgres_bin_dir() is None:
                 sys.exit("PostgreSQL 15 is not installed (Debian package postgresql); or give --database-url")
-            os.chmod(tmp, 0o755)
-            server = PostgresServer(Path(tmp) / "pg", bin_dir)
-            server.init()
-            server.start()
-            url = server.url()
-        try:
-            rows = []
-            for engine in ("sqlite", "postgresql"):
-                if engine == "sqlite":
-                    store = Store(Path(tmp) / "callassist.db")
-                else:
-                    store = Store(PostgresDatabase(url), recordings_dir=Path(tmp) / "recordings")
-                seconds = load(store, call_rows, utterance_rows)
-                size = index_bytes(store)
-                print(f"{engine}: loaded in {seconds:.1f} s, search index {size / 2**20:.1f} MiB", flush=True)
-                for length, result in measure(store, by_length).items():
-                    rows.append((engine, length, result, size))
-                store.close()
-        finally:
-            if server is not None:
-                server.stop()
+            url = stack.enter_context(running_postgres("bench-search-pg-")).url()
+        rows = []
+        for engine in ("sqlite", "postgresql"):
+            if engine == "sqlite":
+                store = Store(Path(tmp) / "callassist.db")
+            else:
+                store = Store(PostgresDatabase(url), recordings_dir=Path(tmp) / "recordings")
+            seconds = load(store, call_rows, utterance_rows)
+            size = index_bytes(store)
+            print(f"{engine}: loaded in {seconds:.1f} s, search index {size / 2**20:.1f} MiB", flush=True)
+            for length, result in measure(store, by_length).items():
+                rows.append((engine, length, result, size))
+            store.close()
     print()
     print(f"{'engine':<11} {'chars':>5} {'page p50':>9} {'page p95':>9} {'count p50':>10} {'count p95':>10} "
           f"{'matches':>8} {'index MiB':>10}")

@@ -116,14 +116,14 @@ def _start_web(config: Config, store: Any, bus: Any, node_id: str, health: Any,
     from callassist.leases import Lease
     from callassist.recovery import UnhostedCalls
     from callassist.registry import WorkerRegistry
-    from callassist.serve import _purge_daily
+    from callassist.serve import purge_daily
     from callassist.store_feed import StoreFeed
     from prompts.playbook import load_playbook
 
     unhosted = UnhostedCalls(store, WorkerRegistry(bus.redis, config.cluster.worker_timeout_s))
 
     async def housekeeping() -> None:
-        await asyncio.gather(_purge_daily(store, config), unhosted.run())
+        await asyncio.gather(purge_daily(store, config), unhosted.run())
     spawn(StoreFeed(bus, store, node_id).run(), "store-feed")
     spawn(Lease(bus.redis, "housekeeping", node_id).run(housekeeping), "housekeeping")
     return create_app(config, store, None, load_playbook(), health)

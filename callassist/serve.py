@@ -155,7 +155,7 @@ async def run_services(config: Config, *, demo: bool, once: bool = False) -> Non
     scheme = "https" if config.web.tls_cert else "http"
     print(f"callassist: web app on {scheme}://{config.web.host}:{config.web.port}/", flush=True)
 
-    tasks: list[asyncio.Task] = [asyncio.create_task(_purge_daily(store, config), name="retention")]
+    tasks: list[asyncio.Task] = [asyncio.create_task(purge_daily(store, config), name="retention")]
     from callassist.postcall import PostCallPass
     factory, owns_engine = post_call_engine(config, engine)
     post_call = PostCallPass(factory, matcher, bus, owns_engine=owns_engine,
@@ -209,7 +209,7 @@ def _report_failure(task: asyncio.Task) -> None:
         log.error("%s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
 
-async def _purge_daily(store, config: Config) -> None:
+async def purge_daily(store, config: Config) -> None:
     if not config.storage.retention_days:
         return
     while True:

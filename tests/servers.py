@@ -153,11 +153,15 @@ class PostgresServer:
         return self.url(name)
 
 
+REDIS_MISSING = "redis-server not installed (Debian package redis-server)"
+POSTGRES_MISSING = "PostgreSQL server not installed (Debian package postgresql)"
+
+
 @contextlib.contextmanager
 def running_redis(prefix: str = "callassist-redis-") -> Iterator[RedisServer]:
-    """A redis-server in a temporary directory, stopped at the end."""
+    """A redis-server in a temporary directory, stopped at the end (tests and benchmarks)."""
     if shutil.which("redis-server") is None:
-        _missing("redis-server not installed (Debian package redis-server)")
+        raise FileNotFoundError(REDIS_MISSING)
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         server = RedisServer(Path(tmp))
         server.start()
@@ -169,6 +173,8 @@ def running_redis(prefix: str = "callassist-redis-") -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        _missing(REDIS_MISSING)
     with running_redis() as server:
         yield server
 
@@ -182,14 +188,15 @@ def postgres_bin_dir() -> Path | None:
     return next((Path(d) for d in PG_BIN_DIRS if (Path(d) / "postgres").exists()), None)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def running_postgres(prefix: str = "callassist-pg-") -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of its own in a temporary directory, stopped at the end (tests
+    and benchmarks)."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        _missing("PostgreSQL server not installed (Debian package postgresql)")
-    assert bin_dir is not None
-    with tempfile.TemporaryDirectory(prefix="callassist-pg-") as tmp:
-        os.chmod(tmp, 0o755)
+        raise FileNotFoundError(POSTGRES_MISSING)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chmod(tmp, 0o755)                 # the server's own user reads below it
         server = PostgresServer(Path(tmp) / "pg", bin_dir)
         server.init()
         server.start()
@@ -197,6 +204,14 @@ def postgres_server() -> Iterator[PostgresServer]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    if postgres_bin_dir() is None:
+        _missing(POSTGRES_MISSING)
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture
